@@ -1,0 +1,70 @@
+//! Cross-cutting HTTP concerns: the request id and request span, the access log line, the
+//! request timeout and panics. None of these log headers, bodies, query strings or tokens.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+
+use super::problem::ApiError;
+
+/// The request id header.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The id of the current request, in request extensions.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// A client-supplied request id is kept only when it is short and plain.
+fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    ok.then(|| s.to_owned())
+}
+
+/// Assigns the request id, opens the request span and logs one line per request.
+pub async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(acceptable_request_id)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "<unmatched>".into());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        route = %route,
+        principal = tracing::field::Empty,
+    );
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let started = Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    let status = response.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    span.in_scope(|| tracing::info!(status, latency_us = micros, "request completed"));
+    response
+}
+
+/// Ends a request that takes longer than the configured limit with 503 `timeout`.
+pub async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "Request timed out").into_response()
+        }
+    }
+}
+
+/// Turns a panic in a handler into a 500 problem without its message (which could hold data).
+pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError::internal().into_response()
+}

@@ -1,0 +1,58 @@
+//! The HTTP API (axum). HTTP only: routing, extraction, status codes and problem documents.
+//! Handlers translate requests into [`crate::vault`] calls and results into responses; no SQL,
+//! no cryptography and no authorization decisions live here.
+
+pub mod customers;
+pub mod extract;
+pub mod health;
+pub mod middleware;
+pub mod openapi;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::auth::Authenticator;
+use crate::vault::Vault;
+use problem::ApiError;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub vault: Arc<Vault>,
+    pub authenticator: Arc<Authenticator>,
+}
+
+/// HTTP limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// The application's router with its middleware.
+pub fn router(state: AppState, limits: Limits) -> Router {
+    let v1 = Router::new()
+        .route("/customers", post(customers::create))
+        .route("/customers/{id}", get(customers::read).patch(customers::update));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::serve))
+        .nest("/v1", v1)
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed")
+        })
+        .layer(DefaultBodyLimit::max(limits.body_bytes))
+        .layer(axum::middleware::from_fn_with_state(limits.request_timeout, middleware::timeout))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn(middleware::request_context))
+        .with_state(state)
+}

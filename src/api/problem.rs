@@ -1,0 +1,176 @@
+//! RFC 9457 problem responses (`application/problem+json`).
+//!
+//! Every error the API returns is an [`ApiError`] with a stable `code`. A problem never echoes a
+//! submitted value, and a missing record and an out-of-scope one produce the same problem.
+
+use std::borrow::Cow;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::AuthError;
+use crate::domain::ValidationErrors;
+use crate::vault::VaultError;
+
+/// One broken input rule.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct FieldProblem {
+    /// Which input, e.g. `region` or `fields.mobile`.
+    pub field: String,
+    /// Stable rule code, e.g. `check_character`.
+    pub rule: &'static str,
+    pub message: &'static str,
+}
+
+/// The problem document.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:custodia:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    /// Stable machine-readable error code.
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Cow<'static, str>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldProblem>,
+}
+
+/// An error response.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    title: &'static str,
+    detail: Option<Cow<'static, str>>,
+    errors: Vec<FieldProblem>,
+    bearer_error: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, title: &'static str) -> Self {
+        ApiError { status, code, title, detail: None, errors: Vec::new(), bearer_error: None }
+    }
+
+    pub fn detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub fn not_found() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "Not found")
+    }
+
+    pub fn malformed_body(detail: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", "Malformed request body").detail(detail)
+    }
+
+    pub fn bad_request(code: &'static str, detail: &'static str) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, "Bad request").detail(detail)
+    }
+
+    pub fn internal() -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal error")
+    }
+
+    pub fn unavailable(detail: &'static str) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable").detail(detail)
+    }
+
+    pub fn to_problem(&self) -> Problem {
+        Problem {
+            kind: format!("urn:custodia:problem:{}", self.code),
+            title: self.title,
+            status: self.status.as_u16(),
+            code: self.code,
+            detail: self.detail.clone(),
+            errors: self.errors.clone(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.to_problem()).unwrap_or_default();
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(error) = self.bearer_error {
+            let value = match error {
+                "" => HeaderValue::from_static("Bearer realm=\"custodia\""),
+                _ => HeaderValue::from_static("Bearer realm=\"custodia\", error=\"invalid_token\""),
+            };
+            headers.insert(header::WWW_AUTHENTICATE, value);
+        }
+        response
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let (code, title, bearer) = match e {
+            AuthError::Missing => ("missing_token", "Authentication required", ""),
+            AuthError::Malformed => ("malformed_token", "Malformed bearer token", "invalid_token"),
+            AuthError::Expired => ("token_expired", "Token expired", "invalid_token"),
+            AuthError::Rejected(_) => ("invalid_token", "Invalid bearer token", "invalid_token"),
+        };
+        let mut err = ApiError::new(StatusCode::UNAUTHORIZED, code, title);
+        err.bearer_error = Some(bearer);
+        err
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(e: ValidationErrors) -> Self {
+        let mut err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "Invalid input")
+            .detail("one or more inputs break a rule; see errors");
+        err.errors = e
+            .0
+            .into_iter()
+            .map(|v| FieldProblem { field: v.field, rule: v.rule.code(), message: v.rule.message() })
+            .collect();
+        err
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::Validation(v) => v.into(),
+            VaultError::NotFound => ApiError::not_found(),
+            VaultError::Forbidden => ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            VaultError::VersionConflict => ApiError::new(StatusCode::PRECONDITION_FAILED, "version_conflict", "Version conflict")
+                .detail("the record has changed; read it again and retry with its current version in If-Match"),
+            VaultError::Integrity => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "integrity_error", "Integrity check failed")
+                .detail("stored data failed its integrity check; nothing was served and the incident was logged"),
+            VaultError::KeyUnavailable(ref inner) => {
+                tracing::error!(error = %inner, "key unavailable");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "key_unavailable", "Key unavailable")
+            }
+            VaultError::Crypto(ref inner) => {
+                tracing::error!(error = %inner, "cryptographic failure");
+                ApiError::internal()
+            }
+            VaultError::Store(ref inner) => {
+                tracing::error!(error = %inner, "storage failure");
+                match inner {
+                    crate::store::StoreError::Unavailable(_) => ApiError::unavailable("the database is unavailable"),
+                    _ => ApiError::internal(),
+                }
+            }
+        }
+    }
+}

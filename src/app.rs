@@ -1,0 +1,110 @@
+//! Assembling and running the vault: load keys, policies and configuration, open the store,
+//! build the router, serve until shut down. Start-up refuses to run on anything inconsistent
+//! and says loudly when it runs on the public example keys.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState, Limits};
+use crate::auth::{Authenticator, KeyConfigError};
+use crate::config::{Config, EXAMPLE_TOKEN_KID};
+use crate::crypto::{KeyFileError, Keyring};
+use crate::domain::catalogue::CatalogueError;
+use crate::domain::{Catalogue, Regions};
+use crate::store::{self, StoreError, StoreOptions};
+use crate::vault::Vault;
+
+/// Why the vault could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Keys(#[from] KeyFileError),
+    #[error("token keys: {0}")]
+    TokenKeys(#[from] KeyConfigError),
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+const EXAMPLE_KEYS_WARNING: &str = "USING THE PUBLIC EXAMPLE KEYS (keys-example/). They are published with the source code: \
+anyone can decrypt what this vault stores. NEVER use them for real customer data; configure keys_file (docs/KEYS.md).";
+
+const EXAMPLE_TOKEN_WARNING: &str = "ACCEPTING TOKENS SIGNED WITH THE PUBLIC EXAMPLE KEY (kid \"example\"): anyone can mint a \
+token this vault accepts. Remove it from auth.keys for any real deployment.";
+
+/// Builds the application state from configuration.
+pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
+    let keyring = Keyring::load(&config.keys_file)?;
+    if keyring.is_example() {
+        for _ in 0..3 {
+            tracing::warn!("{EXAMPLE_KEYS_WARNING}");
+        }
+    }
+    for (version, fingerprint) in keyring.versions() {
+        tracing::info!(version, fingerprint, "key-encryption key loaded");
+    }
+    let authenticator = Authenticator::from_config(&config.auth)?;
+    if config.auth.keys.iter().any(|k| k.kid == EXAMPLE_TOKEN_KID) {
+        tracing::warn!("{EXAMPLE_TOKEN_WARNING}");
+    }
+    let catalogue = Catalogue::builtin()?;
+    let options = StoreOptions { max_connections: config.max_connections, ..StoreOptions::default() };
+    let store = store::open(&config.database_url, &options).await?;
+    tracing::info!(backend = ?store.backend(), "database ready, migrations applied");
+    let vault = Vault::new(store, Arc::new(keyring), Arc::new(catalogue), Regions::builtin());
+    let state = AppState { vault: Arc::new(vault), authenticator: Arc::new(authenticator) };
+    let limits = Limits {
+        body_bytes: config.body_limit_bytes,
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+    };
+    Ok((state, limits))
+}
+
+/// A vault serving in the background (used by `serve` and by the tests).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting connections and waits for in-flight requests.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
+    /// Waits until the server ends (it ends on its own only on an I/O error).
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.handle.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+}
+
+/// Builds the vault and starts serving on `config.listen` (port 0 picks a free port).
+pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
+    let (state, limits) = build(config).await?;
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let router = api::router(state.clone(), limits);
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(RunningServer { addr, state, shutdown: Some(tx), handle })
+}

@@ -1,0 +1,170 @@
+//! Authentication: a bearer JWT in, a [`Principal`] out.
+//!
+//! A token only says who the caller is. Nothing in it is trusted about permissions; that is
+//! [`crate::authz`]'s business. This module never logs a token or any part of one.
+
+mod keys;
+pub mod token;
+
+use chrono::{DateTime, TimeZone, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+pub use keys::KeyConfigError;
+
+use crate::config::AuthConfig;
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's `sub`.
+    pub sub: String,
+    pub issued_at: Option<DateTime<Utc>>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Why a request is not authenticated. The variants map to stable problem codes; none
+/// carries any part of the token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("token is not a well-formed JWT")]
+    Malformed,
+    #[error("token has expired")]
+    Expired,
+    #[error("token rejected: {0}")]
+    Rejected(Rejection),
+}
+
+/// Why a well-formed token was rejected (logged, not returned in detail).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("header carries jku, jwk, x5u, x5c or crit")]
+    ForbiddenHeader,
+    #[error("typ header is not an accepted access-token type")]
+    TokenType,
+    #[error("kid missing or not in the allow-list")]
+    UnknownKey,
+    #[error("alg does not match the key's pinned algorithm")]
+    Algorithm,
+    #[error("signature does not verify")]
+    Signature,
+    #[error("issuer, audience, subject or time claims invalid")]
+    Claims,
+    #[error("token is not yet valid")]
+    NotYetValid,
+}
+
+/// Largest token accepted, in bytes.
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: i64,
+    #[serde(default)]
+    iat: Option<i64>,
+}
+
+struct AllowedKey {
+    algorithm: Algorithm,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// Verifies bearer tokens against the configured allow-list of keys.
+pub struct Authenticator {
+    keys: std::collections::HashMap<String, AllowedKey>,
+    token_types: Vec<String>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut kids: Vec<_> = self.keys.keys().collect();
+        kids.sort();
+        f.debug_struct("Authenticator").field("kids", &kids).finish()
+    }
+}
+
+/// Selects jsonwebtoken's crypto backend explicitly (RustCrypto), so that no feature
+/// combination can leave the process without one and panic at the first verification.
+pub fn install_jwt_backend() {
+    // Err only means a provider is already installed, which is what we want.
+    let _ = jsonwebtoken::crypto::CryptoProvider::install_default(&jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER);
+}
+
+impl Authenticator {
+    /// Builds the verifier. Paths are resolved as given (relative to the working directory).
+    pub fn from_config(config: &AuthConfig) -> Result<Self, KeyConfigError> {
+        install_jwt_backend();
+        let loaded = keys::load(config)?;
+        let mut map = std::collections::HashMap::new();
+        for (kid, algorithm, key) in loaded {
+            let mut validation = Validation::new(algorithm);
+            validation.algorithms = vec![algorithm];
+            validation.set_issuer(&[&config.issuer]);
+            validation.set_audience(&[&config.audience]);
+            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            validation.leeway = config.leeway_seconds.min(30);
+            validation.validate_exp = true;
+            validation.validate_nbf = true;
+            validation.validate_aud = true;
+            if map.insert(kid, AllowedKey { algorithm, key, validation }).is_some() {
+                return Err(KeyConfigError::DuplicateKid);
+            }
+        }
+        Ok(Authenticator { keys: map, token_types: config.token_types.clone() })
+    }
+
+    /// Verifies a bearer token.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let reject = |r| Err(AuthError::Rejected(r));
+        if header.jku.is_some() || header.jwk.is_some() || header.x5u.is_some() || header.x5c.is_some() || header.crit.is_some() {
+            return reject(Rejection::ForbiddenHeader);
+        }
+        match &header.typ {
+            Some(typ) if self.token_types.iter().any(|t| t.eq_ignore_ascii_case(typ)) => {}
+            _ => return reject(Rejection::TokenType),
+        }
+        let Some(allowed) = header.kid.as_deref().and_then(|kid| self.keys.get(kid)) else {
+            return reject(Rejection::UnknownKey);
+        };
+        if header.alg != allowed.algorithm {
+            return reject(Rejection::Algorithm);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &allowed.key, &allowed.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::Rejected(Rejection::NotYetValid),
+                ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) => {
+                    AuthError::Rejected(Rejection::Signature)
+                }
+                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+                    AuthError::Malformed
+                }
+                _ => AuthError::Rejected(Rejection::Claims),
+            }
+        })?;
+        let claims = data.claims;
+        if !valid_subject(&claims.sub) {
+            return reject(Rejection::Claims);
+        }
+        let expires_at = Utc.timestamp_opt(claims.exp, 0).single().ok_or(AuthError::Rejected(Rejection::Claims))?;
+        let issued_at = claims.iat.and_then(|t| Utc.timestamp_opt(t, 0).single());
+        Ok(Principal { sub: claims.sub, issued_at, expires_at })
+    }
+}
+
+/// Subjects are identifiers that appear in logs and the audit: printable ASCII without
+/// spaces or quotes, 1–128 bytes.
+pub fn valid_subject(sub: &str) -> bool {
+    !sub.is_empty()
+        && sub.len() <= 128
+        && sub.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b':' | b'|' | b'+'))
+}

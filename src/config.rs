@@ -1,0 +1,150 @@
+//! Configuration: built-in defaults (the development vault on SQLite with the example keys),
+//! overridden by an optional TOML file, overridden by command-line flags and `CUSTODIA_*`
+//! environment variables. See `docs/CONFIGURATION.md` and `custodia.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The vault's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// `sqlite://PATH` or `postgres://…`.
+    pub database_url: String,
+    /// Maximum database connections (readers, for SQLite).
+    pub max_connections: u32,
+    /// Key file with the key-encryption keys and the blind-index root.
+    pub keys_file: PathBuf,
+    pub log_format: LogFormat,
+    /// Whole-request time limit.
+    pub request_timeout_ms: u64,
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+    pub auth: AuthConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://data/custodia.db".into(),
+            max_connections: 16,
+            keys_file: PathBuf::from("keys-example/keys.toml"),
+            log_format: LogFormat::Text,
+            request_timeout_ms: 10_000,
+            body_limit_bytes: 64 * 1024,
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// Token verification settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Required `aud` claim.
+    pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`, at most 30 seconds.
+    pub leeway_seconds: u64,
+    /// Accepted values of the JOSE `typ` header (RFC 9068 access tokens: `at+jwt`).
+    pub token_types: Vec<String>,
+    /// The allow-list of verification keys, chosen by `kid`.
+    pub keys: Vec<TokenKeyConfig>,
+    /// Optional JWKS file; its keys join the allow-list under their `kid`.
+    pub jwks_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            issuer: "custodia-dev".into(),
+            audience: "custodia".into(),
+            leeway_seconds: 30,
+            token_types: vec!["at+jwt".into()],
+            keys: vec![TokenKeyConfig {
+                kid: EXAMPLE_TOKEN_KID.into(),
+                algorithm: TokenAlgorithm::EdDSA,
+                public_key_pem: PathBuf::from("keys-example/jwt-ed25519.pub.pem"),
+            }],
+            jwks_file: None,
+        }
+    }
+}
+
+/// The `kid` of the public example token key.
+pub const EXAMPLE_TOKEN_KID: &str = "example";
+
+/// An asymmetric token signature algorithm the vault accepts. HMAC is deliberately absent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum TokenAlgorithm {
+    EdDSA,
+    ES256,
+    RS256,
+}
+
+/// One allowed verification key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKeyConfig {
+    pub kid: String,
+    pub algorithm: TokenAlgorithm,
+    pub public_key_pem: PathBuf,
+}
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} does not parse: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("invalid configuration: {0}")]
+    Invalid(&'static str),
+}
+
+impl Config {
+    /// Defaults, overridden by `file` when given.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let config = match file {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?
+            }
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.auth.leeway_seconds > 30 {
+            return Err(ConfigError::Invalid("auth.leeway_seconds may be at most 30"));
+        }
+        if self.auth.issuer.is_empty() || self.auth.audience.is_empty() {
+            return Err(ConfigError::Invalid("auth.issuer and auth.audience are required"));
+        }
+        if self.auth.keys.is_empty() && self.auth.jwks_file.is_none() {
+            return Err(ConfigError::Invalid("no token verification key configured"));
+        }
+        if self.body_limit_bytes < 1024 || self.request_timeout_ms == 0 {
+            return Err(ConfigError::Invalid("body_limit_bytes must be at least 1024 and request_timeout_ms positive"));
+        }
+        Ok(())
+    }
+}

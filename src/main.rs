@@ -1,0 +1,149 @@
+//! The `custodia` command line: `serve`, `migrate`, `token`, `openapi`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use custodia::config::{Config, LogFormat, TokenAlgorithm, EXAMPLE_TOKEN_KID};
+
+#[derive(Parser)]
+#[command(name = "custodia", version, about = "Customer data vault")]
+struct Cli {
+    /// Configuration file (TOML); see custodia.example.toml.
+    #[arg(long, global = true, env = "CUSTODIA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the vault's HTTP API.
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free one).
+        #[arg(long, env = "CUSTODIA_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// sqlite://PATH or postgres://USER@HOST/DB.
+        #[arg(long, env = "CUSTODIA_DATABASE_URL")]
+        database_url: Option<String>,
+        #[arg(long, value_enum, env = "CUSTODIA_LOG_FORMAT")]
+        log_format: Option<LogFormat>,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[arg(long, env = "CUSTODIA_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Print a development access token signed with the example key.
+    Token {
+        /// The principal (JWT `sub`).
+        #[arg(long)]
+        sub: String,
+        /// Lifetime: 90s, 15m, 8h, 1d.
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// PKCS#8 PEM private key to sign with.
+        #[arg(long, default_value = "keys-example/jwt-ed25519.pem")]
+        key: PathBuf,
+        /// Key id to put in the header; it must be in the vault's auth.keys.
+        #[arg(long, default_value = EXAMPLE_TOKEN_KID)]
+        kid: String,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve { listen, database_url, log_format } => {
+            if let Some(l) = listen {
+                config.listen = l;
+            }
+            if let Some(url) = database_url {
+                config.database_url = url;
+            }
+            if let Some(f) = log_format {
+                config.log_format = f;
+            }
+            custodia::telemetry::init(config.log_format).map_err(anyhow::Error::msg)?;
+            serve(config).await
+        }
+        Command::Migrate { database_url } => {
+            custodia::telemetry::init(config.log_format).map_err(anyhow::Error::msg)?;
+            let url = database_url.unwrap_or(config.database_url);
+            custodia::store::open(&url, &custodia::store::StoreOptions::default()).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Token { sub, ttl, key, kid } => {
+            let ttl = custodia::auth::token::parse_ttl(&ttl)
+                .ok_or_else(|| anyhow::anyhow!("--ttl must look like 90s, 15m, 8h or 1d"))?;
+            let algorithm = config.auth.keys.iter().find(|k| k.kid == kid).map(|k| k.algorithm).unwrap_or(TokenAlgorithm::EdDSA);
+            let pem = std::fs::read(&key).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", key.display()))?;
+            let request = custodia::auth::token::TokenRequest {
+                sub: &sub,
+                ttl,
+                issuer: &config.auth.issuer,
+                audience: &config.auth.audience,
+                kid: &kid,
+                algorithm,
+            };
+            println!("{}", custodia::auth::token::mint(&request, &pem)?);
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", custodia::api::openapi::document());
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = custodia::app::start(&config).await?;
+    tracing::info!(addr = %server.addr, "custodia listening");
+    println!("custodia listening on http://{}", server.addr);
+    tracing::info!(
+        "development token: `cargo run --release -- token --sub alice` (or `custodia token --sub alice --ttl 15m`), \
+         then send it as `Authorization: Bearer <token>`"
+    );
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! { r = ctrl_c => r, _ = term.recv() => Ok(()) }
+        }
+        #[cfg(not(unix))]
+        ctrl_c.await
+    };
+    tokio::select! {
+        r = shutdown => {
+            r?;
+            tracing::info!("shutting down");
+            server.stop().await?;
+        }
+    }
+    Ok(())
+}

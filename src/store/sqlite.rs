@@ -1,0 +1,77 @@
+//! The SQLite store: one file in WAL mode, `synchronous = FULL` (a commit is durable when it
+//! returns), a busy timeout, one writer connection and a pool of read-only readers.
+//! `sqlite::memory:` is refused: each pooled connection would get its own empty database.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use super::sql::impl_store;
+use super::{Backend, StoreError, StoreOptions};
+
+/// Embedded SQLite migrations (`migrations/sqlite`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub struct SqliteStore {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) the database file and applies pending migrations.
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(StoreError::Config(
+                "in-memory SQLite is not supported (each pooled connection would see its own empty database); use sqlite://PATH".into(),
+            ));
+        }
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|_| StoreError::Config("malformed sqlite:// url".into()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let path = connect.get_filename().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect.clone())
+            .await?;
+        migrate(&write, &path).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.clamp(1, 16))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect.read_only(true))
+            .await?;
+        Ok(SqliteStore { read, write })
+    }
+}
+
+/// Applies migrations while holding an exclusive lock on a file beside the database, so that
+/// several processes starting at once apply each migration exactly once.
+async fn migrate(pool: &SqlitePool, db_path: &std::path::Path) -> Result<(), StoreError> {
+    let mut lock_path = db_path.as_os_str().to_owned();
+    lock_path.push(".migrate-lock");
+    let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lock_path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| StoreError::Config(format!("migration lock task failed: {e}")))?
+    .map_err(|e| StoreError::Config(format!("cannot lock migrations: {e}")))?;
+    let result = MIGRATOR.run(pool).await;
+    drop(lock);
+    Ok(result?)
+}
+
+impl_store!(SqliteStore, {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+});
