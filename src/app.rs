@@ -34,10 +34,12 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
 }
 
-const EXAMPLE_KEYS_WARNING: &str = "USING THE PUBLIC EXAMPLE KEYS (keys-example/). They are published with the source code: \
+const EXAMPLE_KEYS_WARNING: &str =
+    "USING THE PUBLIC EXAMPLE KEYS (keys-example/). They are published with the source code: \
 anyone can decrypt what this vault stores. NEVER use them for real customer data; configure keys_file (docs/KEYS.md).";
 
-const EXAMPLE_TOKEN_WARNING: &str = "ACCEPTING TOKENS SIGNED WITH THE PUBLIC EXAMPLE KEY (kid \"example\"): anyone can mint a \
+const EXAMPLE_TOKEN_WARNING: &str =
+    "ACCEPTING TOKENS SIGNED WITH THE PUBLIC EXAMPLE KEY (kid \"example\"): anyone can mint a \
 token this vault accepts. Remove it from auth.keys for any real deployment.";
 
 /// Builds the application state from configuration.

@@ -125,7 +125,8 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?
+                toml::from_str(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?
             }
         };
         config.check()?;

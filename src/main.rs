@@ -100,7 +100,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { sub, ttl, key, kid } => {
             let ttl = custodia::auth::token::parse_ttl(&ttl)
                 .ok_or_else(|| anyhow::anyhow!("--ttl must look like 90s, 15m, 8h or 1d"))?;
-            let algorithm = config.auth.keys.iter().find(|k| k.kid == kid).map(|k| k.algorithm).unwrap_or(TokenAlgorithm::EdDSA);
+            let algorithm =
+                config.auth.keys.iter().find(|k| k.kid == kid).map(|k| k.algorithm).unwrap_or(TokenAlgorithm::EdDSA);
             let pem = std::fs::read(&key).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", key.display()))?;
             let request = custodia::auth::token::TokenRequest {
                 sub: &sub,

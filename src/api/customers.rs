@@ -116,7 +116,8 @@ pub async fn create(
     principal: Principal,
     ApiJson(body): ApiJson<CreateCustomerRequest>,
 ) -> Result<Response, ApiError> {
-    let draft = CustomerDraft { region: body.region, kind: body.kind, vip_level: body.vip_level, fields: body.fields.0 };
+    let draft =
+        CustomerDraft { region: body.region, kind: body.kind, vip_level: body.vip_level, fields: body.fields.0 };
     let created = state.vault.create_customer(&principal, draft).await?;
     let mut headers = data_headers(created.version);
     let location = HeaderValue::from_str(&format!("/v1/customers/{}", created.id)).map_err(|_| ApiError::internal())?;
@@ -136,7 +137,11 @@ pub async fn create(
     ),
     security(("bearer" = []))
 )]
-pub async fn read(State(state): State<AppState>, principal: Principal, CustomerId(id): CustomerId) -> Result<Response, ApiError> {
+pub async fn read(
+    State(state): State<AppState>,
+    principal: Principal,
+    CustomerId(id): CustomerId,
+) -> Result<Response, ApiError> {
     let view: CustomerView = state.vault.read_customer(&principal, id).await?;
     let fields = view.fields.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())).collect();
     let headers = data_headers(view.summary.version);

@@ -50,7 +50,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             let class = match e.classify() {
                 Category::Syntax => "invalid JSON syntax",
                 Category::Eof => "unexpected end of JSON",
-                Category::Data => "JSON does not match the expected shape (unknown, duplicate, missing or mistyped member)",
+                Category::Data => {
+                    "JSON does not match the expected shape (unknown, duplicate, missing or mistyped member)"
+                }
                 Category::Io => "unreadable body",
             };
             ApiError::malformed_body(format!("{class} at line {} column {}", e.line(), e.column()))
@@ -88,9 +90,8 @@ impl<S: Send + Sync> FromRequestParts<S> for CustomerId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::not_found())?;
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state).await.map_err(|_| ApiError::not_found())?;
         Uuid::try_parse(&raw).map(CustomerId).map_err(|_| ApiError::not_found())
     }
 }

@@ -21,7 +21,9 @@ pub struct RequestId(pub String);
 /// A client-supplied request id is kept only when it is short and plain.
 fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
-    let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     ok.then(|| s.to_owned())
 }
 
@@ -32,7 +34,8 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         .get(REQUEST_ID)
         .and_then(acceptable_request_id)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "<unmatched>".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "<unmatched>".into());
     let span = tracing::info_span!(
         "request",
         request_id = %id,

@@ -137,11 +137,10 @@ impl From<ValidationErrors> for ApiError {
     fn from(e: ValidationErrors) -> Self {
         let mut err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "Invalid input")
             .detail("one or more inputs break a rule; see errors");
-        err.errors = e
-            .0
-            .into_iter()
-            .map(|v| FieldProblem { field: v.field, rule: v.rule.code(), message: v.rule.message() })
-            .collect();
+        err.errors =
+            e.0.into_iter()
+                .map(|v| FieldProblem { field: v.field, rule: v.rule.code(), message: v.rule.message() })
+                .collect();
         err
     }
 }
@@ -152,10 +151,14 @@ impl From<VaultError> for ApiError {
             VaultError::Validation(v) => v.into(),
             VaultError::NotFound => ApiError::not_found(),
             VaultError::Forbidden => ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
-            VaultError::VersionConflict => ApiError::new(StatusCode::PRECONDITION_FAILED, "version_conflict", "Version conflict")
-                .detail("the record has changed; read it again and retry with its current version in If-Match"),
-            VaultError::Integrity => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "integrity_error", "Integrity check failed")
-                .detail("stored data failed its integrity check; nothing was served and the incident was logged"),
+            VaultError::VersionConflict => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, "version_conflict", "Version conflict")
+                    .detail("the record has changed; read it again and retry with its current version in If-Match")
+            }
+            VaultError::Integrity => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "integrity_error", "Integrity check failed")
+                    .detail("stored data failed its integrity check; nothing was served and the incident was logged")
+            }
             VaultError::KeyUnavailable(ref inner) => {
                 tracing::error!(error = %inner, "key unavailable");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "key_unavailable", "Key unavailable")

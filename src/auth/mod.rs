@@ -61,8 +61,12 @@ const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 #[derive(Deserialize)]
 struct Claims {
-    sub: String,
-    exp: i64,
+    // Optional here so that a missing claim is reported by the validator as a rejected token,
+    // not as a malformed one.
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    exp: Option<i64>,
     #[serde(default)]
     iat: Option<i64>,
 }
@@ -124,7 +128,12 @@ impl Authenticator {
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         let reject = |r| Err(AuthError::Rejected(r));
-        if header.jku.is_some() || header.jwk.is_some() || header.x5u.is_some() || header.x5c.is_some() || header.crit.is_some() {
+        if header.jku.is_some()
+            || header.jwk.is_some()
+            || header.x5u.is_some()
+            || header.x5c.is_some()
+            || header.crit.is_some()
+        {
             return reject(Rejection::ForbiddenHeader);
         }
         match &header.typ {
@@ -152,12 +161,15 @@ impl Authenticator {
             }
         })?;
         let claims = data.claims;
-        if !valid_subject(&claims.sub) {
+        let (Some(sub), Some(exp)) = (claims.sub, claims.exp) else {
+            return reject(Rejection::Claims);
+        };
+        if !valid_subject(&sub) {
             return reject(Rejection::Claims);
         }
-        let expires_at = Utc.timestamp_opt(claims.exp, 0).single().ok_or(AuthError::Rejected(Rejection::Claims))?;
+        let expires_at = Utc.timestamp_opt(exp, 0).single().ok_or(AuthError::Rejected(Rejection::Claims))?;
         let issued_at = claims.iat.and_then(|t| Utc.timestamp_opt(t, 0).single());
-        Ok(Principal { sub: claims.sub, issued_at, expires_at })
+        Ok(Principal { sub, issued_at, expires_at })
     }
 }
 

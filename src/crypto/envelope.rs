@@ -194,8 +194,14 @@ mod tests {
         let ring = ring();
         let (a, wa) = ring.generate_data_key(Uuid::now_v7()).unwrap();
         let sealed = a.seal(CTX, b"13812345678").unwrap();
-        assert_eq!(a.open(FieldContext { field: "email", record_version: 1 }, &sealed).unwrap_err(), CryptoError::Integrity);
-        assert_eq!(a.open(FieldContext { field: "mobile", record_version: 2 }, &sealed).unwrap_err(), CryptoError::Integrity);
+        assert_eq!(
+            a.open(FieldContext { field: "email", record_version: 1 }, &sealed).unwrap_err(),
+            CryptoError::Integrity
+        );
+        assert_eq!(
+            a.open(FieldContext { field: "mobile", record_version: 2 }, &sealed).unwrap_err(),
+            CryptoError::Integrity
+        );
         // The wrapped key of one record does not unwrap for another.
         assert_eq!(ring.unwrap_data_key(Uuid::now_v7(), &wa).unwrap_err(), CryptoError::Integrity);
         // Bit flips and truncation.

@@ -105,10 +105,10 @@ pub fn fingerprint(key: &[u8; 32]) -> String {
 impl Keyring {
     /// Loads a key file.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
-            path: path.display().to_string(),
-            source,
-        })?);
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|source| KeyFileError::Read { path: path.display().to_string(), source })?,
+        );
         Self::from_toml(&text)
     }
 
@@ -178,9 +178,7 @@ impl Keyring {
         let prk = salt.extract(self.index_root.expose_secret());
         let info = [purpose.as_bytes()];
         let mut out = Zeroizing::new([0u8; 32]);
-        prk.expand(&info, Len32)
-            .and_then(|okm| okm.fill(out.as_mut()))
-            .map_err(|_| CryptoError::Derivation)?;
+        prk.expand(&info, Len32).and_then(|okm| okm.fill(out.as_mut())).map_err(|_| CryptoError::Derivation)?;
         Ok(out)
     }
 

@@ -31,8 +31,7 @@ pub enum CryptoError {
 
 pub(crate) fn random_bytes<const N: usize>() -> Result<zeroize::Zeroizing<[u8; N]>, CryptoError> {
     use ring::rand::SecureRandom;
-    static RNG: std::sync::LazyLock<ring::rand::SystemRandom> =
-        std::sync::LazyLock::new(ring::rand::SystemRandom::new);
+    static RNG: std::sync::LazyLock<ring::rand::SystemRandom> = std::sync::LazyLock::new(ring::rand::SystemRandom::new);
     let mut out = zeroize::Zeroizing::new([0u8; N]);
     RNG.fill(out.as_mut()).map_err(|_| CryptoError::Random)?;
     Ok(out)

@@ -125,7 +125,8 @@ impl Catalogue {
                 return Err(CatalogueError::Invalid("a field is declared twice".into()));
             }
         }
-        let prefix_ok = |p: &String| (2..=4).contains(&p.len()) && p.starts_with('1') && p.bytes().all(|b| b.is_ascii_digit());
+        let prefix_ok =
+            |p: &String| (2..=4).contains(&p.len()) && p.starts_with('1') && p.bytes().all(|b| b.is_ascii_digit());
         if prefixes.allocated.is_empty() || !prefixes.allocated.iter().all(prefix_ok) {
             return Err(CatalogueError::Invalid("mobile prefixes must be 2-4 digit strings starting with 1".into()));
         }
@@ -149,9 +150,7 @@ impl Catalogue {
             FieldKind::PersonName => identifiers::text(raw, 64),
             FieldKind::CompanyName => identifiers::text(raw, 128),
             FieldKind::Address => identifiers::text(raw, 200),
-            FieldKind::ResidentId => {
-                identifiers::resident_id(raw, |p| regions.province(p).is_some())
-            }
+            FieldKind::ResidentId => identifiers::resident_id(raw, |p| regions.province(p).is_some()),
             FieldKind::Mobile => identifiers::mobile(raw, &self.mobile_prefixes),
             FieldKind::Email => identifiers::email(raw),
             FieldKind::BirthDate => identifiers::birth_date(raw),
@@ -168,7 +167,17 @@ mod tests {
     #[test]
     fn builtin_catalogue_loads() {
         let c = Catalogue::builtin().unwrap();
-        for name in ["name", "resident_id", "mobile", "email", "address", "birth_date", "bank_card", "company_name", "credit_code"] {
+        for name in [
+            "name",
+            "resident_id",
+            "mobile",
+            "email",
+            "address",
+            "birth_date",
+            "bank_card",
+            "company_name",
+            "credit_code",
+        ] {
             assert!(c.get(name).is_some(), "{name} missing");
         }
     }
@@ -182,9 +191,6 @@ class = "personal"
 searchable = true
 applies_to = ["individual"]
 "#;
-        assert!(matches!(
-            Catalogue::from_toml(bad, BUILTIN_MOBILE_PREFIXES_TOML),
-            Err(CatalogueError::Invalid(_))
-        ));
+        assert!(matches!(Catalogue::from_toml(bad, BUILTIN_MOBILE_PREFIXES_TOML), Err(CatalogueError::Invalid(_))));
     }
 }

@@ -197,7 +197,9 @@ impl CustomerDraft {
             }
         }
         match (region, kind) {
-            (Some(region), Some(kind)) if errors.is_empty() => Ok(ValidCustomer { region, kind, vip_level: vip, fields }),
+            (Some(region), Some(kind)) if errors.is_empty() => {
+                Ok(ValidCustomer { region, kind, vip_level: vip, fields })
+            }
             _ => Err(ValidationErrors(errors)),
         }
     }
@@ -211,9 +213,7 @@ fn check_field(
     value: &FieldValue,
 ) -> Result<FieldValue, ValidationError> {
     let field = report_name(name);
-    let spec = catalogue
-        .get(name)
-        .ok_or_else(|| ValidationError { field: field.clone(), rule: Rule::UnknownField })?;
+    let spec = catalogue.get(name).ok_or_else(|| ValidationError { field: field.clone(), rule: Rule::UnknownField })?;
     if let Some(kind) = kind {
         if !spec.applies_to.contains(&kind) {
             return Err(ValidationError { field, rule: Rule::NotApplicable });
@@ -290,9 +290,10 @@ mod tests {
     #[test]
     fn errors_name_field_and_rule_never_value() {
         let c = Catalogue::builtin().unwrap();
-        let err = draft("32", "individual", &[("name", "张三"), ("resident_id", "110105194912310021"), ("x\"<script>", "v")])
-            .validate(&c, Regions::builtin())
-            .unwrap_err();
+        let err =
+            draft("32", "individual", &[("name", "张三"), ("resident_id", "110105194912310021"), ("x\"<script>", "v")])
+                .validate(&c, Regions::builtin())
+                .unwrap_err();
         let rendered = format!("{err:?}");
         assert!(!rendered.contains("110105194912310021") && !rendered.contains("script"));
         assert!(err.0.contains(&ValidationError { field: "region".into(), rule: Rule::CityRequired }));
@@ -303,7 +304,8 @@ mod tests {
     #[test]
     fn enterprise_requires_company_fields() {
         let c = Catalogue::builtin().unwrap();
-        let err = draft("3201", "enterprise", &[("birth_date", "1980-01-01")]).validate(&c, Regions::builtin()).unwrap_err();
+        let err =
+            draft("3201", "enterprise", &[("birth_date", "1980-01-01")]).validate(&c, Regions::builtin()).unwrap_err();
         assert!(err.0.contains(&ValidationError { field: "fields.birth_date".into(), rule: Rule::NotApplicable }));
         assert!(err.0.contains(&ValidationError { field: "fields.company_name".into(), rule: Rule::Required }));
     }

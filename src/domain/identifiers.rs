@@ -65,9 +65,7 @@ impl Rule {
             Rule::FutureDate => "the date lies in the future",
             Rule::UnallocatedPrefix => "the number prefix is not an allocated mobile range",
             Rule::UnknownRegion => "the region code is not a known GB/T 2260 code",
-            Rule::ForbiddenCharacter => {
-                "the value contains control, bidirectional-override or zero-width characters"
-            }
+            Rule::ForbiddenCharacter => "the value contains control, bidirectional-override or zero-width characters",
             Rule::LegacyFormat => "15-digit legacy resident ID numbers are not accepted",
             Rule::CityRequired => "a customer's region must be a city (four-digit code)",
             Rule::OutOfRange => "the value is out of the allowed range",
@@ -154,11 +152,7 @@ pub fn resident_id(input: &str, known_province: impl Fn(&str) -> bool) -> Result
 
 /// The ISO 7064 MOD 11-2 check character over the first 17 digits.
 pub fn resident_id_check_char(first17: &[u8]) -> u8 {
-    let sum: u32 = first17
-        .iter()
-        .zip(RESIDENT_ID_WEIGHTS)
-        .map(|(d, w)| u32::from(d - b'0') * w)
-        .sum();
+    let sum: u32 = first17.iter().zip(RESIDENT_ID_WEIGHTS).map(|(d, w)| u32::from(d - b'0') * w).sum();
     RESIDENT_ID_CHECK[(sum % 11) as usize]
 }
 
@@ -221,7 +215,7 @@ pub fn luhn_valid(digits: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 const CREDIT_CODE_ALPHABET: &[u8; 31] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
@@ -262,9 +256,8 @@ pub fn email(input: &str) -> Result<String, Rule> {
         return Err(Rule::TooLong);
     }
     let (local, domain) = value.rsplit_once('@').ok_or(Rule::Format)?;
-    let labels_ok = domain.split('.').all(|l| {
-        !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-    });
+    let labels_ok =
+        domain.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_alphanumeric() || c == '-'));
     if local.is_empty()
         || local.len() > 64
         || local.contains('@')

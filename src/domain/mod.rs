@@ -11,7 +11,7 @@ pub mod region;
 
 pub use catalogue::{Catalogue, FieldKind, FieldSpec, Sensitivity};
 pub use customer::{
-    CustomerDraft, CustomerKind, CustomerPatch, CustomerStatus, FieldValue, ValidCustomer,
-    ValidPatch, ValidationError, ValidationErrors,
+    CustomerDraft, CustomerKind, CustomerPatch, CustomerStatus, FieldValue, ValidCustomer, ValidPatch, ValidationError,
+    ValidationErrors,
 };
 pub use region::{RegionId, RegionLevel, Regions};

@@ -124,17 +124,13 @@ impl Regions {
         let mut c = BTreeMap::new();
         for row in read_rows(cities, 3)? {
             check_code(&row[0], 4)?;
-            let province = p
-                .get(&row[2])
-                .ok_or_else(|| RegionDataError(format!("city {} has unknown province", row[0])))?;
+            let province =
+                p.get(&row[2]).ok_or_else(|| RegionDataError(format!("city {} has unknown province", row[0])))?;
             if !row[0].starts_with(&province.code) {
                 return Err(RegionDataError(format!("city {} outside its province", row[0])));
             }
-            let name = if PLACEHOLDER_CITY_NAMES.contains(&row[1].as_str()) {
-                province.name.clone()
-            } else {
-                row[1].clone()
-            };
+            let name =
+                if PLACEHOLDER_CITY_NAMES.contains(&row[1].as_str()) { province.name.clone() } else { row[1].clone() };
             c.insert(row[0].clone(), City { code: row[0].clone(), province: row[2].clone(), name });
         }
         let mut a = BTreeMap::new();

@@ -11,12 +11,13 @@ macro_rules! impl_store {
             $($extra)*
 
             async fn ping(&self) -> Result<(), $crate::store::StoreError> {
-                sqlx::query("SELECT 1").execute(&self.read).await?;
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                sqlx::query("SELECT 1").execute(&mut *conn).await?;
                 Ok(())
             }
 
             async fn insert_customer(&self, r: &$crate::store::CustomerRecord) -> Result<(), $crate::store::StoreError> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
                 sqlx::query(
                     "INSERT INTO customers (id, region, kind, vip_level, status, version, kek_version, \
                      wrapped_key, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -47,19 +48,20 @@ macro_rules! impl_store {
 
             async fn customer(&self, id: uuid::Uuid) -> Result<Option<$crate::store::CustomerRecord>, $crate::store::StoreError> {
                 use sqlx::Row;
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
                 let Some(row) = sqlx::query(
                     "SELECT id, region, kind, vip_level, status, version, kek_version, wrapped_key, \
                      created_at, updated_at FROM customers WHERE id = $1",
                 )
                 .bind(id)
-                .fetch_optional(&self.read)
+                .fetch_optional(&mut *conn)
                 .await?
                 else {
                     return Ok(None);
                 };
                 let fields = sqlx::query("SELECT field, sealed FROM customer_fields WHERE customer_id = $1 ORDER BY field")
                     .bind(id)
-                    .fetch_all(&self.read)
+                    .fetch_all(&mut *conn)
                     .await?
                     .into_iter()
                     .map(|f| Ok($crate::store::SealedField { name: f.try_get("field")?, sealed: f.try_get("sealed")? }))
@@ -84,7 +86,7 @@ macro_rules! impl_store {
             }
 
             async fn update_customer(&self, u: &$crate::store::CustomerUpdate) -> Result<$crate::store::UpdateOutcome, $crate::store::StoreError> {
-                let mut tx = self.write.begin().await?;
+                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
                 let updated = sqlx::query(
                     "UPDATE customers SET version = $1, vip_level = $2, updated_at = $3 WHERE id = $4 AND version = $5",
                 )

@@ -35,7 +35,8 @@ impl SqliteStore {
             .foreign_keys(true);
         let path = connect.get_filename().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dir.display())))?;
         }
         let write = SqlitePoolOptions::new()
             .max_connections(1)

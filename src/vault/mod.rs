@@ -118,7 +118,12 @@ fn integrity_alert(id: Uuid, field: Option<&str>) {
 }
 
 impl Vault {
-    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, catalogue: Arc<Catalogue>, regions: &'static Regions) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        catalogue: Arc<Catalogue>,
+        regions: &'static Regions,
+    ) -> Self {
         Vault { store, keyring, catalogue, regions, authz: Authorizer }
     }
 
@@ -190,7 +195,11 @@ impl Vault {
 
     /// Creates a customer record.
     #[tracing::instrument(skip_all)]
-    pub async fn create_customer(&self, principal: &Principal, draft: CustomerDraft) -> Result<CustomerSummary, VaultError> {
+    pub async fn create_customer(
+        &self,
+        principal: &Principal,
+        draft: CustomerDraft,
+    ) -> Result<CustomerSummary, VaultError> {
         let valid = draft.validate(&self.catalogue, self.regions)?;
         self.authz.check(principal, Action::CreateCustomer, &valid.region)?;
         let id = Uuid::now_v7();

@@ -1,0 +1,132 @@
+//! Authentication as an attacker tries it (threats §1): every forged, expired, misdirected or
+//! malformed token gets 401 with `WWW-Authenticate: Bearer`, a stable code, and no echo.
+
+use base64::Engine;
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// Sends `token` to a customer endpoint and asserts a 401 with `code`.
+async fn assert_rejected(h: &Harness, token: &str, code: &str) {
+    let r = h
+        .client
+        .get(h.url("/v1/customers/01900000-0000-7000-8000-000000000000"))
+        .header("Authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "token accepted or wrong status, expected {code}");
+    let challenge = r.headers().get("www-authenticate").expect("WWW-Authenticate").to_str().unwrap().to_owned();
+    assert!(challenge.starts_with("Bearer"), "{challenge}");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body = r.text().await.unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["code"], code, "{body}");
+    assert_eq!(v["status"], 401);
+    // Nothing of the token comes back.
+    for part in token.split('.').filter(|p| p.len() > 8) {
+        assert!(!body.contains(part), "token echoed");
+    }
+}
+
+fn b64(v: &Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+}
+
+/// The attacker's raw Ed25519 public key (the last 32 bytes of its SPKI DER), base64url.
+fn attacker_public_x() -> String {
+    let pem = std::fs::read_to_string(root_path("tests/keys/attacker-ed25519.pub.pem")).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[der.len() - 32..])
+}
+
+fn example_private() -> Vec<u8> {
+    std::fs::read(root_path("keys-example/jwt-ed25519.pem")).unwrap()
+}
+
+on_both! {
+    async fn forged_and_misused_tokens_are_refused(h) {
+        // No credentials at all, or another scheme.
+        let r = h.client.get(h.url("/v1/customers/01900000-0000-7000-8000-000000000000")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"custodia\"");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "missing_token");
+        let r = h.client.get(h.url("/v1/customers/x")).basic_auth("alice", Some("pw")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+
+        assert_rejected(&h, "not-a-jwt", "malformed_token").await;
+        assert_rejected(&h, "a.b.c", "malformed_token").await;
+
+        let claims = claims("mallory", json!({}));
+        // alg: none, with and without a signature part.
+        let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "at+jwt", "kid": "example"})), b64(&claims));
+        assert_rejected(&h, &none, "malformed_token").await;
+        // Algorithm confusion: HS256 keyed with the public key the vault trusts.
+        let mut hs = example_header();
+        hs.alg = Algorithm::HS256;
+        let public = std::fs::read(root_path("keys-example/jwt-ed25519.pub.pem")).unwrap();
+        assert_rejected(&h, &sign(&hs, claims.clone(), &public, Algorithm::HS256), "invalid_token").await;
+        // Signed by a key the vault does not know, under the trusted kid.
+        let attacker = std::fs::read(root_path("tests/keys/attacker-ed25519.pem")).unwrap();
+        assert_rejected(&h, &sign(&example_header(), claims.clone(), &attacker, Algorithm::EdDSA), "invalid_token").await;
+        // Unknown kid, and no kid.
+        let mut unknown = example_header();
+        unknown.kid = Some("rotated-away".into());
+        assert_rejected(&h, &sign(&unknown, claims.clone(), &example_private(), Algorithm::EdDSA), "invalid_token").await;
+        let mut no_kid = example_header();
+        no_kid.kid = None;
+        assert_rejected(&h, &sign(&no_kid, claims.clone(), &example_private(), Algorithm::EdDSA), "invalid_token").await;
+        // The right key under a kid pinned to another algorithm.
+        let mut wrong_alg = example_header();
+        wrong_alg.kid = Some("test-es256".into());
+        assert_rejected(&h, &sign(&wrong_alg, claims.clone(), &example_private(), Algorithm::EdDSA), "invalid_token").await;
+        // Header injection: jku and an embedded jwk pointing at the attacker's key.
+        let mut jku = example_header();
+        jku.jku = Some("https://attacker.invalid/jwks.json".into());
+        assert_rejected(&h, &sign(&jku, claims.clone(), &example_private(), Algorithm::EdDSA), "invalid_token").await;
+        let mut jwk = example_header();
+        jwk.jwk = Some(serde_json::from_value(json!({"kty": "OKP", "crv": "Ed25519", "x": attacker_public_x()})).unwrap());
+        assert_rejected(&h, &sign(&jwk, claims.clone(), &attacker, Algorithm::EdDSA), "invalid_token").await;
+        // A token of another kind (an ID token, typ JWT) sent as an access token.
+        let mut id_token = example_header();
+        id_token.typ = Some("JWT".into());
+        assert_rejected(&h, &sign(&id_token, claims.clone(), &example_private(), Algorithm::EdDSA), "invalid_token").await;
+        // A tampered payload under a genuine signature.
+        let genuine = mint("alice");
+        let parts: Vec<&str> = genuine.split('.').collect();
+        let tampered = format!("{}.{}.{}", parts[0], b64(&claims), parts[2]);
+        assert_rejected(&h, &tampered, "invalid_token").await;
+    }
+
+    async fn claims_are_enforced(h) {
+        let now = chrono::Utc::now().timestamp();
+        assert_rejected(&h, &mint_with("alice", json!({"iss": "https://evil.example"})), "invalid_token").await;
+        assert_rejected(&h, &mint_with("alice", json!({"aud": "billing"})), "invalid_token").await;
+        assert_rejected(&h, &mint_with("alice", json!({"iss": null})), "invalid_token").await;
+        assert_rejected(&h, &mint_with("alice", json!({"aud": null})), "invalid_token").await;
+        assert_rejected(&h, &mint_with("alice", json!({"sub": null})), "invalid_token").await;
+        assert_rejected(&h, &mint_with("alice", json!({"exp": null})), "invalid_token").await;
+        assert_rejected(&h, &mint_with("alice", json!({"exp": now - 120})), "token_expired").await;
+        assert_rejected(&h, &mint_with("alice", json!({"nbf": now + 300})), "invalid_token").await;
+        assert_rejected(&h, &mint_with("alice bob", json!({})), "invalid_token").await;
+        assert_rejected(&h, &mint_with("x", json!({"sub": "a\nINFO forged"})), "invalid_token").await;
+        // Within the 30 s leeway a just-expired token still works.
+        let ok = mint_with("alice", json!({"exp": now - 5}));
+        let r = h.client.get(h.url("/v1/customers/01900000-0000-7000-8000-000000000000")).bearer_auth(ok).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+    }
+
+    async fn es256_and_rs256_keys_work_when_configured(h) {
+        for (kid, file, alg) in [("test-es256", "tests/keys/es256.pem", Algorithm::ES256), ("test-rs256", "tests/keys/rs256.pem", Algorithm::RS256)] {
+            let mut header = jsonwebtoken::Header::new(alg);
+            header.typ = Some("at+jwt".into());
+            header.kid = Some(kid.into());
+            let token = sign(&header, claims("svc-billing", json!({})), &std::fs::read(root_path(file)).unwrap(), alg);
+            let r = h.client.post(h.url("/v1/customers")).bearer_auth(token).json(&individual("3201")).send().await.unwrap();
+            assert_eq!(r.status(), 201, "{kid}");
+        }
+    }
+}

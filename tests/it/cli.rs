@@ -1,0 +1,101 @@
+//! The command line contract: `token`, `migrate` (also several at once), and refusals.
+
+use std::process::{Command, Output};
+
+use crate::support::*;
+
+fn custodia(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .current_dir(ROOT)
+        .env_remove("CUSTODIA_CONFIG")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn token_command_mints_a_token_the_default_vault_accepts() {
+    let out = custodia(&["token", "--sub", "alice", "--ttl", "1m"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let auth = custodia::auth::Authenticator::from_config(&test_config(String::new()).auth).unwrap();
+    let p = auth.verify(&token).unwrap();
+    assert_eq!(p.sub, "alice");
+    let ttl = p.expires_at - p.issued_at.unwrap();
+    assert_eq!(ttl.num_seconds(), 60);
+    let bad = custodia(&["token", "--sub", "alice", "--ttl", "forever"]);
+    assert!(!bad.status.success());
+    let bad = custodia(&["token", "--sub", "a b"]);
+    assert!(!bad.status.success());
+}
+
+#[test]
+fn in_memory_sqlite_is_refused_clearly() {
+    let out = custodia(&["migrate", "--database-url", "sqlite::memory:"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in-memory SQLite is not supported"));
+}
+
+async fn count_migrations(url: &str) -> i64 {
+    use sqlx::{Connection, Row};
+    let q = "SELECT count(*) FROM _sqlx_migrations WHERE success";
+    if url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(q).fetch_one(&mut c).await.unwrap().get(0)
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(q).fetch_one(&mut c).await.unwrap().get(0)
+    }
+}
+
+fn migration_files(dir: &str) -> i64 {
+    std::fs::read_dir(root_path(dir))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "sql"))
+        .count() as i64
+}
+
+async fn concurrent_migrate(db: &Db, dir: &str) {
+    let url = db.url();
+    let running: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_custodia"))
+                .current_dir(ROOT)
+                .args(["migrate", "--database-url", &url])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in running {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(count_migrations(&url).await, migration_files(dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_sqlite() {
+    let db = Db::sqlite();
+    concurrent_migrate(&db, "migrations/sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_postgres() {
+    let Some(db) = Db::postgres().await else { return };
+    concurrent_migrate(&db, "migrations/postgres").await;
+}
+
+#[test]
+fn migrations_have_the_same_numbering_on_both_databases() {
+    let names = |dir: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(root_path(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("migrations/sqlite"), names("migrations/postgres"));
+}

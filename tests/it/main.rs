@@ -1,0 +1,13 @@
+//! Custodia's integration tests: one binary, one module per capability, all talking to a real
+//! server over HTTP on an ephemeral port and to a real database (SQLite, and PostgreSQL when
+//! `CUSTODIA_TEST_POSTGRES_URL` is set).
+
+#[macro_use]
+mod support;
+
+mod auth;
+mod cli;
+mod customers;
+mod encryption;
+mod logs;
+mod openapi;

@@ -1,0 +1,357 @@
+//! The shared harness: a vault started in-process on 127.0.0.1:0 over a fresh database,
+//! an HTTP client, token minting, and raw database access for tampering and scanning.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Once;
+use std::time::Duration;
+
+use custodia::config::{Config, TokenAlgorithm, TokenKeyConfig};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+pub fn root_path(rel: &str) -> PathBuf {
+    PathBuf::from(ROOT).join(rel)
+}
+
+/// The test configuration: example keys, plus ES256 and RS256 test keys under their own kids.
+pub fn test_config(database_url: String) -> Config {
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url,
+        max_connections: 4,
+        keys_file: root_path("keys-example/keys.toml"),
+        ..Config::default()
+    };
+    c.auth.keys[0].public_key_pem = root_path("keys-example/jwt-ed25519.pub.pem");
+    c.auth.keys.push(TokenKeyConfig {
+        kid: "test-es256".into(),
+        algorithm: TokenAlgorithm::ES256,
+        public_key_pem: root_path("tests/keys/es256.pub.pem"),
+    });
+    c.auth.keys.push(TokenKeyConfig {
+        kid: "test-rs256".into(),
+        algorithm: TokenAlgorithm::RS256,
+        public_key_pem: root_path("tests/keys/rs256.pub.pem"),
+    });
+    c
+}
+
+/// Where a test's database lives.
+pub enum Db {
+    Sqlite { _dir: tempfile::TempDir, path: PathBuf },
+    Postgres { admin_url: String, name: String, url: String },
+}
+
+impl Db {
+    pub fn url(&self) -> String {
+        match self {
+            Db::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
+            Db::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    pub fn sqlite() -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.db");
+        Db::Sqlite { _dir: dir, path }
+    }
+
+    /// A fresh PostgreSQL database, or `None` (reported once) when none is configured.
+    pub async fn postgres() -> Option<Db> {
+        let Ok(admin_url) = std::env::var("CUSTODIA_TEST_POSTGRES_URL") else {
+            static SKIP: Once = Once::new();
+            SKIP.call_once(|| {
+                // Written to the real stderr, past the test harness's capture, so it is seen.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** PostgreSQL tests SKIPPED: set CUSTODIA_TEST_POSTGRES_URL (e.g. postgres://postgres@127.0.0.1:5432/postgres) to run them ***\n"
+                );
+            });
+            return None;
+        };
+        let name = format!("custodia_t_{}", Uuid::new_v4().simple());
+        let mut admin = pg_connect(&admin_url).await;
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("CREATE DATABASE");
+        let url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("CUSTODIA_TEST_POSTGRES_URL must name a database"),
+        };
+        Some(Db::Postgres { admin_url, name, url })
+    }
+}
+
+async fn pg_connect(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("CUSTODIA_TEST_POSTGRES_URL is set but PostgreSQL is unreachable: {e}"))
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Db::Postgres { admin_url, name, .. } = self {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    let mut admin = pg_connect(&admin_url).await;
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// A running vault and a client for it.
+pub struct Harness {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: Db,
+    _server: custodia::app::RunningServer,
+}
+
+impl Harness {
+    pub async fn start(db: Db) -> Harness {
+        Self::start_with(db, |_| {}).await
+    }
+
+    pub async fn start_with(db: Db, adjust: impl FnOnce(&mut Config)) -> Harness {
+        let mut config = test_config(db.url());
+        adjust(&mut config);
+        let server = custodia::app::start(&config).await.expect("vault starts");
+        Harness {
+            base: format!("http://{}", server.addr),
+            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            db,
+            _server: server,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn token(&self, sub: &str) -> String {
+        mint(sub)
+    }
+
+    pub fn get(&self, path: &str, sub: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path)).bearer_auth(self.token(sub))
+    }
+
+    pub fn post(&self, path: &str, sub: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path)).bearer_auth(self.token(sub)).json(body)
+    }
+
+    pub fn patch(&self, path: &str, sub: &str, version: i64, body: &Value) -> reqwest::RequestBuilder {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(self.token(sub))
+            .header("If-Match", format!("\"{version}\""))
+            .json(body)
+    }
+
+    /// Creates a customer and returns its id.
+    pub async fn create(&self, body: Value) -> Uuid {
+        let r = self.post("/v1/customers", "alice", &body).send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 201, "create failed: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Runs raw SQL against the vault's database with UUID and byte parameters, as an
+    /// attacker with database access would.
+    pub async fn sql(&self, statement: &str, binds: &[Bind]) -> u64 {
+        macro_rules! run {
+            ($conn:expr) => {{
+                let mut q = sqlx::query(statement);
+                for b in binds {
+                    q = match b {
+                        Bind::Id(u) => q.bind(*u),
+                        Bind::Bytes(v) => q.bind(v.clone()),
+                    };
+                }
+                q.execute(&mut $conn).await.unwrap().rows_affected()
+            }};
+        }
+        use sqlx::Connection;
+        match &self.db {
+            Db::Sqlite { path, .. } => {
+                let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+                run!(c)
+            }
+            Db::Postgres { url, .. } => {
+                let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+                run!(c)
+            }
+        }
+    }
+
+    /// Reads one sealed field straight from the database.
+    pub async fn sealed(&self, id: Uuid, field: &str) -> Vec<u8> {
+        use sqlx::{Connection, Row};
+        let sql = "SELECT sealed FROM customer_fields WHERE customer_id = $1 AND field = $2";
+        match &self.db {
+            Db::Sqlite { path, .. } => {
+                let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+                sqlx::query(sql).bind(id).bind(field).fetch_one(&mut c).await.unwrap().get(0)
+            }
+            Db::Postgres { url, .. } => {
+                let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query(sql).bind(id).bind(field).fetch_one(&mut c).await.unwrap().get(0)
+            }
+        }
+    }
+
+    /// Every byte the database holds, as text: the SQLite file and its WAL, or every column of
+    /// every table in PostgreSQL (bytea rendered as hex, so hex-encoded needles are checked too).
+    pub async fn raw_dump(&self) -> Vec<u8> {
+        use sqlx::{Connection, Row};
+        match &self.db {
+            Db::Sqlite { path, .. } => {
+                let mut out = Vec::new();
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = path.as_os_str().to_owned();
+                    p.push(suffix);
+                    if let Ok(bytes) = std::fs::read(PathBuf::from(p)) {
+                        out.extend(bytes);
+                    }
+                }
+                out
+            }
+            Db::Postgres { url, .. } => {
+                let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+                let cols = sqlx::query(
+                    "SELECT table_name::text, column_name::text FROM information_schema.columns WHERE table_schema = 'public'",
+                )
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
+                assert!(cols.len() > 5, "no columns found to scan");
+                let mut out = Vec::new();
+                for col in cols {
+                    let (t, c2): (String, String) = (col.get(0), col.get(1));
+                    let q = format!("SELECT coalesce(string_agg(\"{c2}\"::text, '|'), '') FROM \"{t}\"");
+                    let s: String = sqlx::query(&q).fetch_one(&mut c).await.unwrap().get(0);
+                    out.extend(s.into_bytes());
+                    out.push(b'\n');
+                }
+                out
+            }
+        }
+    }
+}
+
+/// A raw SQL parameter.
+pub enum Bind {
+    Id(Uuid),
+    Bytes(Vec<u8>),
+}
+
+/// Whether `haystack` contains `needle`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A valid development token for `sub`, signed with the example key.
+pub fn mint(sub: &str) -> String {
+    mint_with(sub, json!({}))
+}
+
+/// A token for `sub` with claims overridden or removed (`null`) by `changes`.
+pub fn mint_with(sub: &str, changes: Value) -> String {
+    let header = example_header();
+    sign(
+        &header,
+        claims(sub, changes),
+        &std::fs::read(root_path("keys-example/jwt-ed25519.pem")).unwrap(),
+        jsonwebtoken::Algorithm::EdDSA,
+    )
+}
+
+pub fn example_header() -> jsonwebtoken::Header {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    h.typ = Some("at+jwt".into());
+    h.kid = Some("example".into());
+    h
+}
+
+pub fn claims(sub: &str, changes: Value) -> Value {
+    let now = chrono::Utc::now().timestamp();
+    let mut c = json!({"iss": "custodia-dev", "aud": "custodia", "sub": sub, "iat": now, "nbf": now, "exp": now + 600});
+    if let (Some(map), Some(ch)) = (c.as_object_mut(), changes.as_object()) {
+        for (k, v) in ch {
+            if v.is_null() {
+                map.remove(k);
+            } else {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    c
+}
+
+pub fn sign(header: &jsonwebtoken::Header, claims: Value, pem: &[u8], alg: jsonwebtoken::Algorithm) -> String {
+    custodia::auth::install_jwt_backend();
+    let key = match alg {
+        jsonwebtoken::Algorithm::EdDSA => jsonwebtoken::EncodingKey::from_ed_pem(pem).unwrap(),
+        jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(pem).unwrap(),
+        jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(pem).unwrap(),
+        _ => jsonwebtoken::EncodingKey::from_secret(pem),
+    };
+    jsonwebtoken::encode(header, &claims, &key).unwrap()
+}
+
+/// A valid individual customer with every field, using the given canary-able values.
+pub fn individual(region: &str) -> Value {
+    json!({
+        "region": region,
+        "kind": "individual",
+        "vip_level": 2,
+        "fields": {
+            "name": "欧阳娜娜",
+            "resident_id": "11010519491231002X",
+            "mobile": "13812345678",
+            "email": "nana@example.cn",
+            "address": "江苏省南京市玄武区中山路1号",
+            "birth_date": "1949-12-31",
+            "bank_card": "6222021234567890128"
+        }
+    })
+}
+
+/// Runs a test body against SQLite and against PostgreSQL (skipped without a server).
+macro_rules! on_both {
+    ($(async fn $name:ident($h:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let $h = $crate::support::Harness::start($crate::support::Db::sqlite()).await;
+                    $body
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let Some(db) = $crate::support::Db::postgres().await else { return };
+                    let $h = $crate::support::Harness::start(db).await;
+                    $body
+                }
+            }
+        )*
+    };
+}
