@@ -130,3 +130,58 @@ on_both! {
         }
     }
 }
+
+/// The last 65 bytes of a P-256 SPKI DER are `04 ‖ x ‖ y`.
+fn es256_public_xy() -> (String, String) {
+    let pem = std::fs::read_to_string(root_path("tests/keys/es256.pub.pem")).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+    let point = &der[der.len() - 65..];
+    assert_eq!(point[0], 4);
+    let enc = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    (enc(&point[1..33]), enc(&point[33..]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_keys_join_the_allow_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let (x, y) = es256_public_xy();
+    std::fs::write(&jwks, json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "idp-2026", "use": "sig", "alg": "ES256", "x": x, "y": y}]}).to_string()).unwrap();
+    let h = Harness::start_with(Db::sqlite(), |c| c.auth.jwks_file = Some(jwks.clone())).await;
+    let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+    header.typ = Some("at+jwt".into());
+    header.kid = Some("idp-2026".into());
+    let token = sign(
+        &header,
+        claims("svc-crm", json!({})),
+        &std::fs::read(root_path("tests/keys/es256.pem")).unwrap(),
+        Algorithm::ES256,
+    );
+    let r = h.client.post(h.url("/v1/customers")).bearer_auth(&token).json(&individual("3201")).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    // The JWKS key is pinned to ES256: an HS256 token under its kid is refused.
+    header.alg = Algorithm::HS256;
+    let hs = sign(&header, claims("svc-crm", json!({})), x.as_bytes(), Algorithm::HS256);
+    assert_rejected(&h, &hs, "invalid_token").await;
+}
+
+#[tokio::test]
+async fn unsafe_token_configuration_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // A symmetric key in the JWKS.
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [{"kty": "oct", "kid": "shared", "k": "c2VjcmV0"}]}).to_string()).unwrap();
+    let mut config = test_config(Db::sqlite().url());
+    config.auth.jwks_file = Some(jwks);
+    assert!(custodia::app::start(&config).await.is_err());
+    // Leeway above 30 s.
+    let toml = dir.path().join("c.toml");
+    std::fs::write(&toml, "[auth]\nleeway_seconds = 300\n").unwrap();
+    let err = custodia::config::Config::load(Some(&toml)).unwrap_err().to_string();
+    assert!(err.contains("leeway"), "{err}");
+    // A PEM that does not match its declared algorithm.
+    let mut config = test_config(Db::sqlite().url());
+    config.auth.keys[0].algorithm = custodia::config::TokenAlgorithm::RS256;
+    assert!(custodia::app::start(&config).await.is_err());
+}
