@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState, Limits};
 use crate::auth::{Authenticator, KeyConfigError};
+use crate::authz::{Policy, PolicyError};
 use crate::config::{Config, EXAMPLE_TOKEN_KID};
 use crate::crypto::{KeyFileError, Keyring};
 use crate::domain::catalogue::CatalogueError;
@@ -28,6 +29,8 @@ pub enum StartError {
     TokenKeys(#[from] KeyConfigError),
     #[error(transparent)]
     Catalogue(#[from] CatalogueError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -61,7 +64,9 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
     let options = StoreOptions { max_connections: config.max_connections, ..StoreOptions::default() };
     let store = store::open(&config.database_url, &options).await?;
     tracing::info!(backend = ?store.backend(), "database ready, migrations applied");
-    let vault = Vault::new(store, Arc::new(keyring), Arc::new(catalogue), Regions::builtin());
+    let policy = Policy::builtin().await?;
+    let vault =
+        Vault::open(store, Arc::new(keyring), Arc::new(catalogue), Regions::builtin(), Arc::new(policy)).await?;
     let state = AppState { vault: Arc::new(vault), authenticator: Arc::new(authenticator) };
     let limits = Limits {
         body_bytes: config.body_limit_bytes,

@@ -53,6 +53,23 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create the first administrator (role admin at CN, no expiry) on a vault that has none.
+    Bootstrap {
+        #[arg(long, env = "CUSTODIA_DATABASE_URL")]
+        database_url: Option<String>,
+        /// The administrator's principal (JWT `sub`).
+        #[arg(long)]
+        sub: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,6 +130,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             println!("{}", custodia::auth::token::mint(&request, &pem)?);
             Ok(())
+        }
+        Command::Admin { command: AdminCommand::Bootstrap { database_url, sub } } => {
+            custodia::telemetry::init(config.log_format).map_err(anyhow::Error::msg)?;
+            if let Some(url) = database_url {
+                config.database_url = url;
+            }
+            let (state, _) = custodia::app::build(&config).await?;
+            match state.vault.bootstrap_admin(&sub).await {
+                Ok(Some(grant)) => {
+                    println!("bootstrap grant {} created: {} is admin at CN (no expiry)", grant.id, grant.principal);
+                    Ok(())
+                }
+                Ok(None) => anyhow::bail!("refused: this vault already has a live bootstrap administrator"),
+                Err(custodia::vault::VaultError::Validation(_)) => {
+                    anyhow::bail!("--sub must be 1-128 characters of A-Z a-z 0-9 . _ - @ : | +")
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         Command::Openapi => {
             println!("{}", custodia::api::openapi::document());

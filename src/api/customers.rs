@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::extract::{ApiJson, CustomerId, FieldMap, IfMatch, PatchFieldMap};
 use super::problem::{ApiError, Problem};
 use super::AppState;
-use crate::auth::Principal;
 use crate::domain::{CustomerDraft, CustomerKind, CustomerPatch, CustomerStatus};
+use crate::vault::Caller;
 use crate::vault::{CustomerSummary, CustomerView};
 
 /// A new customer.
@@ -99,12 +99,14 @@ fn data_headers(version: i64) -> HeaderMap {
 /// Create a customer record.
 #[utoipa::path(
     post, path = "/v1/customers", tag = "customers",
+    params(("X-Purpose" = String, Header, description = "The purpose of the request, from policies/purposes.toml")),
     request_body = CreateCustomerRequest,
     responses(
         (status = 201, description = "Created", body = CustomerMeta,
          headers(("Location" = String, description = "/v1/customers/{id}"), ("ETag" = String))),
         (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No grant permits this action for this purpose (or region)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
@@ -113,12 +115,12 @@ fn data_headers(version: i64) -> HeaderMap {
 )]
 pub async fn create(
     State(state): State<AppState>,
-    principal: Principal,
+    caller: Caller,
     ApiJson(body): ApiJson<CreateCustomerRequest>,
 ) -> Result<Response, ApiError> {
     let draft =
         CustomerDraft { region: body.region, kind: body.kind, vip_level: body.vip_level, fields: body.fields.0 };
-    let created = state.vault.create_customer(&principal, draft).await?;
+    let created = state.vault.create_customer(&caller, draft).await?;
     let mut headers = data_headers(created.version);
     let location = HeaderValue::from_str(&format!("/v1/customers/{}", created.id)).map_err(|_| ApiError::internal())?;
     headers.insert(header::LOCATION, location);
@@ -128,10 +130,11 @@ pub async fn create(
 /// Read a customer record.
 #[utoipa::path(
     get, path = "/v1/customers/{id}", tag = "customers",
-    params(("id" = Uuid, Path, description = "Customer id")),
+    params(("id" = Uuid, Path, description = "Customer id"), ("X-Purpose" = String, Header, description = "The purpose of the request, from policies/purposes.toml")),
     responses(
         (status = 200, description = "The customer", body = Customer, headers(("ETag" = String))),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No grant permits this action for this purpose (or region)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer in the caller's scope", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Integrity failure", body = Problem, content_type = "application/problem+json"),
     ),
@@ -139,10 +142,10 @@ pub async fn create(
 )]
 pub async fn read(
     State(state): State<AppState>,
-    principal: Principal,
+    caller: Caller,
     CustomerId(id): CustomerId,
 ) -> Result<Response, ApiError> {
-    let view: CustomerView = state.vault.read_customer(&principal, id).await?;
+    let view: CustomerView = state.vault.read_customer(&caller, id).await?;
     let fields = view.fields.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())).collect();
     let headers = data_headers(view.summary.version);
     Ok((headers, Json(Customer { meta: view.summary.into(), fields })).into_response())
@@ -154,12 +157,14 @@ pub async fn read(
     params(
         ("id" = Uuid, Path, description = "Customer id"),
         ("If-Match" = String, Header, description = "The version being changed, as in the ETag"),
+        ("X-Purpose" = String, Header, description = "The purpose of the request, from policies/purposes.toml"),
     ),
     request_body = UpdateCustomerRequest,
     responses(
         (status = 200, description = "Updated", body = CustomerMeta, headers(("ETag" = String))),
         (status = 400, description = "Malformed body or If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No grant permits this action for this purpose (or region)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer in the caller's scope", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "Version conflict", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
@@ -169,13 +174,13 @@ pub async fn read(
 )]
 pub async fn update(
     State(state): State<AppState>,
-    principal: Principal,
+    caller: Caller,
     CustomerId(id): CustomerId,
     IfMatch(expected): IfMatch,
     ApiJson(body): ApiJson<UpdateCustomerRequest>,
 ) -> Result<Response, ApiError> {
     let patch = CustomerPatch { vip_level: body.vip_level, fields: body.fields.0 };
-    let updated = state.vault.update_customer(&principal, id, expected, patch).await?;
+    let updated = state.vault.update_customer(&caller, id, expected, patch).await?;
     let headers = data_headers(updated.version);
     Ok((headers, Json(CustomerMeta::from(updated))).into_response())
 }

@@ -15,6 +15,7 @@ use super::problem::ApiError;
 use super::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::domain::FieldValue;
+use crate::vault::Caller;
 
 /// A JSON body. Wrong content type → 415; too large → 413; anything that does not parse →
 /// 400 with the position and class of the error only (serde's messages quote values).
@@ -60,6 +61,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A query string. Anything that does not parse is a 400 that names no value.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri).map(|q| ApiQuery(q.0)).map_err(|_| {
+            ApiError::bad_request("bad_query", "the query string has unknown, repeated or mistyped parameters")
+        })
+    }
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -70,16 +84,40 @@ impl FromRequestParts<AppState> for Principal {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::Missing.into());
         }
-        match state.authenticator.verify(token.trim()) {
-            Ok(principal) => {
-                tracing::Span::current().record("principal", principal.sub.as_str());
-                Ok(principal)
-            }
-            Err(e) => {
-                tracing::info!(reason = %e, "authentication failed");
-                Err(e.into())
-            }
+        let principal = state.authenticator.verify(token.trim()).map_err(|e| {
+            tracing::info!(reason = %e, "authentication failed");
+            ApiError::from(e)
+        })?;
+        tracing::Span::current().record("principal", principal.sub.as_str());
+        if state.vault.authorizer().token_revoked(&principal) {
+            tracing::info!("authentication failed: token revoked");
+            return Err(AuthError::Revoked.into());
         }
+        Ok(principal)
+    }
+}
+
+/// The purpose header of data requests.
+pub const PURPOSE: &str = "x-purpose";
+
+/// The authenticated principal with the purpose it states in `X-Purpose`. A purpose that is
+/// not a plain identifier is kept as an empty string, which no policy allows.
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        let purpose = parts.headers.get(PURPOSE).map(|v| {
+            let s = v.to_str().unwrap_or("");
+            let plain = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            if plain {
+                tracing::Span::current().record("purpose", s);
+                s.to_owned()
+            } else {
+                String::new()
+            }
+        });
+        Ok(Caller { principal, purpose })
     }
 }
 

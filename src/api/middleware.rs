@@ -42,6 +42,7 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         method = %req.method(),
         route = %route,
         principal = tracing::field::Empty,
+        purpose = tracing::field::Empty,
     );
     req.extensions_mut().insert(RequestId(id.clone()));
     let started = Instant::now();

@@ -4,6 +4,7 @@
 
 pub mod customers;
 pub mod extract;
+pub mod grants;
 pub mod health;
 pub mod middleware;
 pub mod openapi;
@@ -40,7 +41,10 @@ pub struct Limits {
 pub fn router(state: AppState, limits: Limits) -> Router {
     let v1 = Router::new()
         .route("/customers", post(customers::create))
-        .route("/customers/{id}", get(customers::read).patch(customers::update));
+        .route("/customers/{id}", get(customers::read).patch(customers::update))
+        .route("/grants", post(grants::create).get(grants::list))
+        .route("/grants/{id}", axum::routing::delete(grants::revoke))
+        .route("/principals/{sub}/revoke-tokens", post(grants::revoke_tokens));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

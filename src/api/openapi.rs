@@ -5,7 +5,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{customers, health, problem};
+use super::{customers, grants, health, problem};
 
 struct BearerAuth;
 
@@ -26,11 +26,22 @@ impl Modify for BearerAuth {
         description = "Customer data vault: encrypted records, tiered authorization, field-level masking, full access audit. Every /v1 request needs a bearer JWT.",
         license(name = "Apache-2.0")
     ),
-    paths(health::healthz, health::readyz, customers::create, customers::read, customers::update),
+    paths(
+        health::healthz,
+        health::readyz,
+        customers::create,
+        customers::read,
+        customers::update,
+        grants::create,
+        grants::list,
+        grants::revoke,
+        grants::revoke_tokens
+    ),
     components(schemas(problem::Problem, problem::FieldProblem)),
     modifiers(&BearerAuth),
     tags(
         (name = "customers", description = "Customer records"),
+        (name = "grants", description = "Delegated administration"),
         (name = "health", description = "Probes"),
     )
 )]

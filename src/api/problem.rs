@@ -11,6 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::AuthError;
+use crate::authz::Denied;
 use crate::domain::ValidationErrors;
 use crate::vault::VaultError;
 
@@ -125,6 +126,7 @@ impl From<AuthError> for ApiError {
             AuthError::Missing => ("missing_token", "Authentication required", ""),
             AuthError::Malformed => ("malformed_token", "Malformed bearer token", "invalid_token"),
             AuthError::Expired => ("token_expired", "Token expired", "invalid_token"),
+            AuthError::Revoked => ("token_revoked", "Token revoked", "invalid_token"),
             AuthError::Rejected(_) => ("invalid_token", "Invalid bearer token", "invalid_token"),
         };
         let mut err = ApiError::new(StatusCode::UNAUTHORIZED, code, title);
@@ -150,7 +152,7 @@ impl From<VaultError> for ApiError {
         match e {
             VaultError::Validation(v) => v.into(),
             VaultError::NotFound => ApiError::not_found(),
-            VaultError::Forbidden => ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            VaultError::Denied(d) => denied(d),
             VaultError::VersionConflict => {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, "version_conflict", "Version conflict")
                     .detail("the record has changed; read it again and retry with its current version in If-Match")
@@ -174,6 +176,31 @@ impl From<VaultError> for ApiError {
                     _ => ApiError::internal(),
                 }
             }
+        }
+    }
+}
+
+fn denied(d: Denied) -> ApiError {
+    let forbidden = |code, detail| ApiError::new(StatusCode::FORBIDDEN, code, "Forbidden").detail(detail);
+    match d {
+        Denied::Action => forbidden("forbidden", "no live grant of the caller permits this action"),
+        Denied::PurposeRequired => forbidden("purpose_required", "state the purpose of a data request in X-Purpose"),
+        Denied::PurposeNotAllowed => {
+            forbidden("purpose_not_allowed", "the stated purpose is unknown or not allowed for the caller's roles")
+        }
+        // Out-of-scope records are answered as missing before reaching this point.
+        Denied::OutOfScope => ApiError::not_found(),
+        Denied::RegionOutOfScope => forbidden("region_out_of_scope", "the region lies outside the caller's scope"),
+        Denied::DelegationRole => {
+            forbidden("delegation_role_not_allowed", "the caller's grants in that region may not hand out this role")
+        }
+        Denied::DelegationExpiry => {
+            forbidden("delegation_expiry_exceeded", "a delegated grant may not outlast the grant it is made under")
+        }
+        Denied::SelfGrant => forbidden("self_grant", "a principal may not grant roles to itself"),
+        Denied::SeparationOfDuties => {
+            ApiError::new(StatusCode::CONFLICT, "separation_of_duties", "Separation of duties")
+                .detail("the principal holds live grants of a role with another duty")
         }
     }
 }

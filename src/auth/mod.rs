@@ -33,6 +33,9 @@ pub enum AuthError {
     Malformed,
     #[error("token has expired")]
     Expired,
+    /// The principal's tokens issued until some instant were revoked, and this is one.
+    #[error("token revoked")]
+    Revoked,
     #[error("token rejected: {0}")]
     Rejected(Rejection),
 }

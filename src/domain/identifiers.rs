@@ -31,6 +31,8 @@ pub enum Rule {
     OutOfRange,
     UnknownField,
     NotApplicable,
+    UnknownRole,
+    NotInFuture,
 }
 
 impl Rule {
@@ -51,6 +53,8 @@ impl Rule {
             Rule::OutOfRange => "out_of_range",
             Rule::UnknownField => "unknown_field",
             Rule::NotApplicable => "not_applicable",
+            Rule::UnknownRole => "unknown_role",
+            Rule::NotInFuture => "not_in_future",
         }
     }
 
@@ -71,6 +75,8 @@ impl Rule {
             Rule::OutOfRange => "the value is out of the allowed range",
             Rule::UnknownField => "the field is not in the field catalogue",
             Rule::NotApplicable => "the field does not apply to this kind of customer",
+            Rule::UnknownRole => "the role is not declared in policies/roles.toml",
+            Rule::NotInFuture => "the time must lie in the future",
         }
     }
 }

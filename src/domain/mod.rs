@@ -6,6 +6,7 @@
 
 pub mod catalogue;
 pub mod customer;
+pub mod grant;
 pub mod identifiers;
 pub mod region;
 
@@ -14,4 +15,5 @@ pub use customer::{
     CustomerDraft, CustomerKind, CustomerPatch, CustomerStatus, FieldValue, ValidCustomer, ValidPatch, ValidationError,
     ValidationErrors,
 };
+pub use grant::{GrantDraft, ValidGrant};
 pub use region::{RegionId, RegionLevel, Regions};

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::crypto::WrappedKey;
-use crate::domain::{CustomerKind, CustomerStatus};
+use crate::domain::{CustomerKind, CustomerStatus, RegionId, RegionLevel};
 
 pub mod postgres;
 mod sql;
@@ -83,6 +83,50 @@ pub struct CustomerUpdate {
     pub fields: Vec<SealedField>,
 }
 
+/// A grant as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub id: Uuid,
+    pub principal: String,
+    pub role: String,
+    /// `CN`, a province or a city code.
+    pub region: String,
+    pub granted_by: String,
+    /// The grant under which this one was delegated (`None` for the bootstrap grant).
+    pub parent_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_by: Option<String>,
+}
+
+/// Everything authorization decisions depend on, read at one epoch.
+#[derive(Clone, Debug, Default)]
+pub struct AuthzState {
+    pub epoch: i64,
+    pub grants: Vec<GrantRecord>,
+    /// Principal → tokens issued at or before this instant are refused.
+    pub token_revocations: Vec<(String, DateTime<Utc>)>,
+}
+
+/// A page request over grants, filtered in SQL to the given region scopes.
+#[derive(Clone, Debug)]
+pub struct GrantQuery {
+    /// Region nodes whose subtrees are visible; empty means nothing is.
+    pub scopes: Vec<RegionId>,
+    pub principal: Option<String>,
+    /// Return grants with ids greater than this.
+    pub after: Option<Uuid>,
+    pub limit: u32,
+}
+
+/// What an attempt to create the bootstrap grant found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootstrapOutcome {
+    Created,
+    AlreadyBootstrapped,
+}
+
 /// What an optimistic update found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpdateOutcome {
@@ -100,6 +144,54 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_customer(&self, record: &CustomerRecord) -> Result<(), StoreError>;
     async fn customer(&self, id: Uuid) -> Result<Option<CustomerRecord>, StoreError>;
     async fn update_customer(&self, update: &CustomerUpdate) -> Result<UpdateOutcome, StoreError>;
+
+    /// The current authorization epoch (bumped by every grant or token revocation change).
+    async fn authz_epoch(&self) -> Result<i64, StoreError>;
+    /// Every grant and token revocation, with the epoch read first.
+    async fn authz_state(&self) -> Result<AuthzState, StoreError>;
+    async fn grant(&self, id: Uuid) -> Result<Option<GrantRecord>, StoreError>;
+    async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError>;
+    /// Inserts the root grant unless a live one exists.
+    async fn insert_bootstrap_grant(&self, grant: &GrantRecord) -> Result<BootstrapOutcome, StoreError>;
+    /// Marks a grant revoked; false when it was already revoked.
+    async fn revoke_grant(&self, id: Uuid, by: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+    async fn grants_page(&self, query: &GrantQuery) -> Result<Vec<GrantRecord>, StoreError>;
+    async fn revoke_tokens(&self, principal: &str, not_before: DateTime<Utc>) -> Result<(), StoreError>;
+}
+
+/// Appends `AND (…)` restricting a `region` column to the subtrees of `scopes` (nothing when
+/// `scopes` is empty). Region codes have fixed lengths, so a province's subtree is exactly the
+/// rows whose first two characters are its code.
+pub(crate) fn push_scope_filter<'a, DB: sqlx::Database>(
+    qb: &mut sqlx::QueryBuilder<'a, DB>,
+    column: &str,
+    scopes: &'a [RegionId],
+) where
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    qb.push(" AND (");
+    if scopes.is_empty() {
+        qb.push("1 = 0");
+    }
+    for (i, scope) in scopes.iter().enumerate() {
+        if i > 0 {
+            qb.push(" OR ");
+        }
+        match scope.level() {
+            RegionLevel::Group => {
+                qb.push("1 = 1");
+            }
+            RegionLevel::Province => {
+                qb.push(format!("substr({column}, 1, 2) = "));
+                qb.push_bind(scope.as_str());
+            }
+            RegionLevel::City => {
+                qb.push(format!("{column} = "));
+                qb.push_bind(scope.as_str());
+            }
+        }
+    }
+    qb.push(")");
 }
 
 /// Pool sizing and timeouts.

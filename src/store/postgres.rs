@@ -27,7 +27,7 @@ impl PgStore {
     }
 }
 
-impl_store!(PgStore, {
+impl_store!(PgStore, sqlx::Postgres, {
     fn backend(&self) -> Backend {
         Backend::Postgres
     }

@@ -5,7 +5,50 @@
 /// Implements [`super::Store`] for a store type with `read` and `write` pools of one driver.
 /// Backend-specific trait items (`backend`, …) are passed in the braces.
 macro_rules! impl_store {
-    ($store:ty, { $($extra:item)* }) => {
+    ($store:ty, $db:ty, { $($extra:item)* }) => {
+        fn grant_from_row(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::GrantRecord, sqlx::Error> {
+            use sqlx::Row;
+            Ok($crate::store::GrantRecord {
+                id: row.try_get("id")?,
+                principal: row.try_get("principal")?,
+                role: row.try_get("role")?,
+                region: row.try_get("region")?,
+                granted_by: row.try_get("granted_by")?,
+                parent_id: row.try_get("parent_id")?,
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+                revoked_at: row.try_get("revoked_at")?,
+                revoked_by: row.try_get("revoked_by")?,
+            })
+        }
+
+        async fn insert_grant_in(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            g: &$crate::store::GrantRecord,
+        ) -> Result<(), sqlx::Error> {
+            sqlx::query(
+                "INSERT INTO grants (id, principal, role, region, granted_by, parent_id, created_at, expires_at, \
+                 revoked_at, revoked_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(g.id)
+            .bind(&g.principal)
+            .bind(&g.role)
+            .bind(&g.region)
+            .bind(&g.granted_by)
+            .bind(g.parent_id)
+            .bind(g.created_at)
+            .bind(g.expires_at)
+            .bind(g.revoked_at)
+            .bind(&g.revoked_by)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        const GRANT_COLUMNS: &str =
+            "id, principal, role, region, granted_by, parent_id, created_at, expires_at, revoked_at, revoked_by";
+        const BUMP_EPOCH: &str = "UPDATE authz_epoch SET value = value + 1 WHERE id = 1";
+
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
             $($extra)*
@@ -122,6 +165,121 @@ macro_rules! impl_store {
                 }
                 tx.commit().await?;
                 Ok($crate::store::UpdateOutcome::Updated)
+            }
+
+            async fn authz_epoch(&self) -> Result<i64, $crate::store::StoreError> {
+                use sqlx::Row;
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                Ok(sqlx::query("SELECT value FROM authz_epoch WHERE id = 1").fetch_one(&mut *conn).await?.try_get(0)?)
+            }
+
+            async fn authz_state(&self) -> Result<$crate::store::AuthzState, $crate::store::StoreError> {
+                use sqlx::Row;
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                // The epoch is read first: a change committed meanwhile shows up as a newer epoch at
+                // the next poll, so the state is never considered fresher than it is.
+                let epoch: i64 = sqlx::query("SELECT value FROM authz_epoch WHERE id = 1").fetch_one(&mut *conn).await?.try_get(0)?;
+                let grants = sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM grants"))
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .iter()
+                    .map(grant_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let token_revocations = sqlx::query("SELECT principal, not_before FROM token_revocations")
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                Ok($crate::store::AuthzState { epoch, grants, token_revocations })
+            }
+
+            async fn grant(&self, id: uuid::Uuid) -> Result<Option<$crate::store::GrantRecord>, $crate::store::StoreError> {
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let row = sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                Ok(row.as_ref().map(grant_from_row).transpose()?)
+            }
+
+            async fn insert_grant(&self, g: &$crate::store::GrantRecord) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
+                insert_grant_in(&mut tx, g).await?;
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn insert_bootstrap_grant(&self, g: &$crate::store::GrantRecord) -> Result<$crate::store::BootstrapOutcome, $crate::store::StoreError> {
+                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
+                let existing = sqlx::query("SELECT 1 FROM grants WHERE parent_id IS NULL AND revoked_at IS NULL")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if existing.is_some() {
+                    return Ok($crate::store::BootstrapOutcome::AlreadyBootstrapped);
+                }
+                match insert_grant_in(&mut tx, g).await {
+                    Ok(()) => {}
+                    // A concurrent bootstrap won the race (unique index on live root grants).
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        return Ok($crate::store::BootstrapOutcome::AlreadyBootstrapped)
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+                match tx.commit().await {
+                    Ok(()) => Ok($crate::store::BootstrapOutcome::Created),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok($crate::store::BootstrapOutcome::AlreadyBootstrapped),
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn revoke_grant(&self, id: uuid::Uuid, by: &str, at: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
+                let n = sqlx::query("UPDATE grants SET revoked_at = $1, revoked_by = $2 WHERE id = $3 AND revoked_at IS NULL")
+                    .bind(at)
+                    .bind(by)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(n > 0)
+            }
+
+            async fn grants_page(&self, q: &$crate::store::GrantQuery) -> Result<Vec<$crate::store::GrantRecord>, $crate::store::StoreError> {
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!("SELECT {GRANT_COLUMNS} FROM grants WHERE 1 = 1"));
+                $crate::store::push_scope_filter(&mut qb, "region", &q.scopes);
+                if let Some(p) = &q.principal {
+                    qb.push(" AND principal = ");
+                    qb.push_bind(p.as_str());
+                }
+                if let Some(after) = q.after {
+                    qb.push(" AND id > ");
+                    qb.push_bind(after);
+                }
+                qb.push(" ORDER BY id LIMIT ");
+                qb.push_bind(i64::from(q.limit));
+                let rows = qb.build().fetch_all(&mut *conn).await?;
+                Ok(rows.iter().map(grant_from_row).collect::<Result<Vec<_>, _>>()?)
+            }
+
+            async fn revoke_tokens(&self, principal: &str, not_before: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
+                sqlx::query(
+                    "INSERT INTO token_revocations (principal, not_before) VALUES ($1, $2) \
+                     ON CONFLICT (principal) DO UPDATE SET not_before = excluded.not_before",
+                )
+                .bind(principal)
+                .bind(not_before)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
             }
         }
     };

@@ -71,7 +71,7 @@ async fn migrate(pool: &SqlitePool, db_path: &std::path::Path) -> Result<(), Sto
     Ok(result?)
 }
 
-impl_store!(SqliteStore, {
+impl_store!(SqliteStore, sqlx::Sqlite, {
     fn backend(&self) -> Backend {
         Backend::Sqlite
     }

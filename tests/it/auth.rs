@@ -115,17 +115,18 @@ on_both! {
         assert_rejected(&h, &mint_with("x", json!({"sub": "a\nINFO forged"})), "invalid_token").await;
         // Within the 30 s leeway a just-expired token still works.
         let ok = mint_with("alice", json!({"exp": now - 5}));
-        let r = h.client.get(h.url("/v1/customers/01900000-0000-7000-8000-000000000000")).bearer_auth(ok).send().await.unwrap();
+        let r = h.client.get(h.url("/v1/customers/01900000-0000-7000-8000-000000000000")).bearer_auth(ok).header("X-Purpose", PURPOSE).send().await.unwrap();
         assert_eq!(r.status(), 404);
     }
 
     async fn es256_and_rs256_keys_work_when_configured(h) {
+        h.grant("svc-billing", "account_manager", "32").await;
         for (kid, file, alg) in [("test-es256", "tests/keys/es256.pem", Algorithm::ES256), ("test-rs256", "tests/keys/rs256.pem", Algorithm::RS256)] {
             let mut header = jsonwebtoken::Header::new(alg);
             header.typ = Some("at+jwt".into());
             header.kid = Some(kid.into());
             let token = sign(&header, claims("svc-billing", json!({})), &std::fs::read(root_path(file)).unwrap(), alg);
-            let r = h.client.post(h.url("/v1/customers")).bearer_auth(token).json(&individual("3201")).send().await.unwrap();
+            let r = h.client.post(h.url("/v1/customers")).bearer_auth(token).header("X-Purpose", PURPOSE).json(&individual("3201")).send().await.unwrap();
             assert_eq!(r.status(), 201, "{kid}");
         }
     }
@@ -149,6 +150,7 @@ async fn jwks_keys_join_the_allow_list() {
     let (x, y) = es256_public_xy();
     std::fs::write(&jwks, json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "idp-2026", "use": "sig", "alg": "ES256", "x": x, "y": y}]}).to_string()).unwrap();
     let h = Harness::start_with(Db::sqlite(), |c| c.auth.jwks_file = Some(jwks.clone())).await;
+    h.grant("svc-crm", "account_manager", "3201").await;
     let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
     header.typ = Some("at+jwt".into());
     header.kid = Some("idp-2026".into());
@@ -158,7 +160,15 @@ async fn jwks_keys_join_the_allow_list() {
         &std::fs::read(root_path("tests/keys/es256.pem")).unwrap(),
         Algorithm::ES256,
     );
-    let r = h.client.post(h.url("/v1/customers")).bearer_auth(&token).json(&individual("3201")).send().await.unwrap();
+    let r = h
+        .client
+        .post(h.url("/v1/customers"))
+        .bearer_auth(&token)
+        .header("X-Purpose", PURPOSE)
+        .json(&individual("3201"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     // The JWKS key is pinned to ES256: an HS256 token under its kid is refused.
     header.alg = Algorithm::HS256;

@@ -59,10 +59,10 @@ on_both! {
         let path = format!("/v1/customers/{id}");
         let change = json!({"fields": {"address": "江苏省南京市鼓楼区"}});
         // No If-Match: 428. Garbage If-Match: 400. Stale: 412.
-        let r = h.client.patch(h.url(&path)).bearer_auth(mint("alice")).json(&change).send().await.unwrap();
+        let r = h.client.patch(h.url(&path)).bearer_auth(mint("alice")).header("X-Purpose", PURPOSE).json(&change).send().await.unwrap();
         let (status, v, _) = problem(r).await;
         assert_eq!((status, v["code"].as_str().unwrap()), (428, "precondition_required"));
-        let r = h.client.patch(h.url(&path)).bearer_auth(mint("alice")).header("If-Match", "*").json(&change).send().await.unwrap();
+        let r = h.client.patch(h.url(&path)).bearer_auth(mint("alice")).header("X-Purpose", PURPOSE).header("If-Match", "*").json(&change).send().await.unwrap();
         assert_eq!(problem(r).await.0, 400);
         let r = h.patch(&path, "alice", 7, &change).send().await.unwrap();
         let (status, v, _) = problem(r).await;
@@ -137,7 +137,7 @@ on_both! {
 
     async fn malformed_requests(h) {
         let send_raw = |body: Vec<u8>, ctype: &'static str| {
-            h.client.post(h.url("/v1/customers")).bearer_auth(mint("alice")).header("content-type", ctype).body(body).send()
+            h.client.post(h.url("/v1/customers")).bearer_auth(mint("alice")).header("X-Purpose", PURPOSE).header("content-type", ctype).body(body).send()
         };
         // Broken JSON; values that are numbers; unknown and duplicate members.
         let cases: Vec<&[u8]> = vec![
@@ -170,7 +170,7 @@ on_both! {
             assert_eq!((status, v["code"].as_str().unwrap()), (404, "not_found"), "{path}");
         }
         // Wrong method and unknown route are problems too.
-        let r = h.client.delete(h.url("/v1/customers")).bearer_auth(mint("alice")).send().await.unwrap();
+        let r = h.client.delete(h.url("/v1/customers")).bearer_auth(mint("alice")).header("X-Purpose", PURPOSE).send().await.unwrap();
         assert_eq!(problem(r).await.0, 405);
         let r = h.client.get(h.url("/v2/nothing")).send().await.unwrap();
         assert_eq!(problem(r).await.0, 404);

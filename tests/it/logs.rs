@@ -37,6 +37,14 @@ fn spawn(format: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("vault.db");
     let log = dir.path().join("vault.log");
+    // The first administrator, through the CLI as an operator would.
+    let out = Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .current_dir(ROOT)
+        .args(["admin", "bootstrap", "--sub", ROOT_ADMIN, "--database-url"])
+        .arg(format!("sqlite://{}", db.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut child = Command::new(env!("CARGO_BIN_EXE_custodia"))
         .current_dir(ROOT)
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", format, "--database-url"])
@@ -60,21 +68,38 @@ fn spawn(format: &str) -> Server {
 async fn exercise(s: &Server) -> Vec<String> {
     let c = reqwest::Client::new();
     let token = mint("log-tester");
+    let expires = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let r = c
+        .post(format!("{}/v1/grants", s.base))
+        .bearer_auth(mint(ROOT_ADMIN))
+        .json(&json!({"principal": "log-tester", "role": "account_manager", "region": "32", "expires_at": expires}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
     let fields = json!({"name": CANARIES[0], "mobile": CANARIES[1], "email": CANARIES[2], "address": CANARIES[3], "bank_card": CANARIES[4]});
     let r = c
         .post(format!("{}/v1/customers", s.base))
         .bearer_auth(&token)
+        .header("X-Purpose", "customer_service")
         .json(&json!({"region": "3201", "kind": "individual", "fields": fields}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
     let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let r = c.get(format!("{}/v1/customers/{id}", s.base)).bearer_auth(&token).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/customers/{id}", s.base))
+        .bearer_auth(&token)
+        .header("X-Purpose", "customer_service")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = c
         .patch(format!("{}/v1/customers/{id}", s.base))
         .bearer_auth(&token)
+        .header("X-Purpose", "customer_service")
         .header("If-Match", "1")
         .json(&json!({"fields": {"address": CANARIES[3]}}))
         .send()
@@ -82,12 +107,13 @@ async fn exercise(s: &Server) -> Vec<String> {
         .unwrap();
     assert_eq!(r.status(), 200);
     // Validation failures, malformed JSON and mistyped values carrying canaries.
-    let r = c.post(format!("{}/v1/customers", s.base)).bearer_auth(&token)
+    let r = c.post(format!("{}/v1/customers", s.base)).bearer_auth(&token).header("X-Purpose", "customer_service")
         .json(&json!({"region": "3201", "kind": "individual", "fields": {"name": CANARIES[0], "mobile": "1405550123", "hobby": CANARIES[5]}})).send().await.unwrap();
     assert_eq!(r.status(), 422);
     let r = c
         .post(format!("{}/v1/customers", s.base))
         .bearer_auth(&token)
+        .header("X-Purpose", "customer_service")
         .header("content-type", "application/json")
         .body(format!("{{\"region\": \"3201\", \"fields\": {{\"name\": \"{}\", \"mobile\": 19955501234", CANARIES[0]))
         .send()
@@ -96,7 +122,13 @@ async fn exercise(s: &Server) -> Vec<String> {
     assert_eq!(r.status(), 400);
     // A token whose subject is a canary, and a forged one.
     let bad = mint_with(CANARIES[5], json!({"aud": "elsewhere"}));
-    let r = c.get(format!("{}/v1/customers/{id}", s.base)).bearer_auth(&bad).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/customers/{id}", s.base))
+        .bearer_auth(&bad)
+        .header("X-Purpose", "customer_service")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     // Tamper with a record so that reading it raises an integrity alert.
     {
@@ -111,7 +143,13 @@ async fn exercise(s: &Server) -> Vec<String> {
             .await
             .unwrap();
     }
-    let r = c.get(format!("{}/v1/customers/{id}", s.base)).bearer_auth(&token).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/customers/{id}", s.base))
+        .bearer_auth(&token)
+        .header("X-Purpose", "customer_service")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 500);
     vec![token, bad]
 }

@@ -12,6 +12,13 @@ use uuid::Uuid;
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
+/// The bootstrap administrator of every test vault.
+pub const ROOT_ADMIN: &str = "root-admin";
+/// An account manager at `CN`, the default caller of customer requests.
+pub const ALICE: &str = "alice";
+/// The purpose the request helpers state.
+pub const PURPOSE: &str = "customer_service";
+
 pub fn root_path(rel: &str) -> PathBuf {
     PathBuf::from(ROOT).join(rel)
 }
@@ -124,12 +131,43 @@ impl Harness {
         let mut config = test_config(db.url());
         adjust(&mut config);
         let server = custodia::app::start(&config).await.expect("vault starts");
-        Harness {
+        server.state.vault.bootstrap_admin(ROOT_ADMIN).await.unwrap();
+        let h = Harness {
             base: format!("http://{}", server.addr),
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
             db,
             _server: server,
-        }
+        };
+        h.grant(ALICE, "account_manager", "CN").await;
+        h
+    }
+
+    /// Starts another vault instance on the same database.
+    pub async fn another_instance(&self) -> custodia::app::RunningServer {
+        custodia::app::start(&test_config(self.db.url())).await.expect("second instance starts")
+    }
+
+    /// Grants `role` at `region` to `principal` for a day, as the bootstrap administrator.
+    pub async fn grant(&self, principal: &str, role: &str, region: &str) -> Uuid {
+        self.grant_by(ROOT_ADMIN, principal, role, region, chrono::Utc::now() + chrono::Duration::days(1)).await
+    }
+
+    /// Grants as `by`, asserting success.
+    pub async fn grant_by(
+        &self,
+        by: &str,
+        principal: &str,
+        role: &str,
+        region: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Uuid {
+        let body =
+            json!({"principal": principal, "role": role, "region": region, "expires_at": expires_at.to_rfc3339()});
+        let r = self.client.post(self.url("/v1/grants")).bearer_auth(mint(by)).json(&body).send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 201, "grant {role}@{region} to {principal} by {by}: {text}");
+        serde_json::from_str::<Value>(&text).unwrap()["id"].as_str().unwrap().parse().unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -141,17 +179,18 @@ impl Harness {
     }
 
     pub fn get(&self, path: &str, sub: &str) -> reqwest::RequestBuilder {
-        self.client.get(self.url(path)).bearer_auth(self.token(sub))
+        self.client.get(self.url(path)).bearer_auth(self.token(sub)).header("X-Purpose", PURPOSE)
     }
 
     pub fn post(&self, path: &str, sub: &str, body: &Value) -> reqwest::RequestBuilder {
-        self.client.post(self.url(path)).bearer_auth(self.token(sub)).json(body)
+        self.client.post(self.url(path)).bearer_auth(self.token(sub)).header("X-Purpose", PURPOSE).json(body)
     }
 
     pub fn patch(&self, path: &str, sub: &str, version: i64, body: &Value) -> reqwest::RequestBuilder {
         self.client
             .patch(self.url(path))
             .bearer_auth(self.token(sub))
+            .header("X-Purpose", PURPOSE)
             .header("If-Match", format!("\"{version}\""))
             .json(body)
     }
