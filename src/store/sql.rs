@@ -92,23 +92,30 @@ macro_rules! impl_store {
             async fn customer(&self, id: uuid::Uuid) -> Result<Option<$crate::store::CustomerRecord>, $crate::store::StoreError> {
                 use sqlx::Row;
                 let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
-                let Some(row) = sqlx::query(
-                    "SELECT id, region, kind, vip_level, status, version, kek_version, wrapped_key, \
-                     created_at, updated_at FROM customers WHERE id = $1",
+                // One statement, so the record and its fields come from one snapshot: a concurrent
+                // update can never pair a row of one version with fields sealed for another.
+                let rows = sqlx::query(
+                    "SELECT c.id, c.region, c.kind, c.vip_level, c.status, c.version, c.kek_version, c.wrapped_key, \
+                     c.created_at, c.updated_at, f.field, f.sealed \
+                     FROM customers c LEFT JOIN customer_fields f ON f.customer_id = c.id \
+                     WHERE c.id = $1 ORDER BY f.field",
                 )
                 .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?
-                else {
+                .fetch_all(&mut *conn)
+                .await?;
+                let Some(row) = rows.first() else {
                     return Ok(None);
                 };
-                let fields = sqlx::query("SELECT field, sealed FROM customer_fields WHERE customer_id = $1 ORDER BY field")
-                    .bind(id)
-                    .fetch_all(&mut *conn)
-                    .await?
-                    .into_iter()
-                    .map(|f| Ok($crate::store::SealedField { name: f.try_get("field")?, sealed: f.try_get("sealed")? }))
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                let mut fields = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    if let Some(name) = r.try_get::<Option<String>, _>("field")? {
+                        let sealed: Option<Vec<u8>> = r.try_get("sealed")?;
+                        fields.push($crate::store::SealedField {
+                            name,
+                            sealed: sealed.ok_or($crate::store::StoreError::Corrupt("field without ciphertext"))?,
+                        });
+                    }
+                }
                 let kind: String = row.try_get("kind")?;
                 let status: String = row.try_get("status")?;
                 Ok(Some($crate::store::CustomerRecord {

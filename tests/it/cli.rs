@@ -99,3 +99,40 @@ fn migrations_have_the_same_numbering_on_both_databases() {
     };
     assert_eq!(names("migrations/sqlite"), names("migrations/postgres"));
 }
+
+/// `admin bootstrap` creates exactly one first administrator, also when several run at once.
+async fn bootstrap_once(db: &Db) {
+    let url = db.url();
+    let bad = custodia(&["admin", "bootstrap", "--database-url", &url, "--sub", "not valid"]);
+    assert!(!bad.status.success());
+    let running: Vec<_> = (0..3)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_custodia"))
+                .current_dir(ROOT)
+                .args(["admin", "bootstrap", "--database-url", &url, "--sub", &format!("first-admin-{i}")])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<Output> = running.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let winners = outputs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(winners, 1, "exactly one bootstrap must succeed");
+    for o in outputs.iter().filter(|o| !o.status.success()) {
+        assert!(String::from_utf8_lossy(&o.stderr).contains("already has a live bootstrap administrator"));
+    }
+    let again = custodia(&["admin", "bootstrap", "--database-url", &url, "--sub", "late-admin"]);
+    assert!(!again.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_sqlite() {
+    bootstrap_once(&Db::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_postgres() {
+    let Some(db) = Db::postgres().await else { return };
+    bootstrap_once(&db).await;
+}

@@ -6,6 +6,7 @@
 mod support;
 
 mod auth;
+mod authz;
 mod cli;
 mod customers;
 mod encryption;
