@@ -17,8 +17,10 @@ use crate::config::{Config, EXAMPLE_TOKEN_KID};
 use crate::crypto::{KeyFileError, Keyring};
 use crate::domain::catalogue::CatalogueError;
 use crate::domain::{Catalogue, Regions};
+use crate::mask::views::ViewError;
+use crate::mask::ViewPolicy;
 use crate::store::{self, StoreError, StoreOptions};
-use crate::vault::Vault;
+use crate::vault::{Vault, VaultError, VaultOptions};
 
 /// Why the vault could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,10 @@ pub enum StartError {
     Catalogue(#[from] CatalogueError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Views(#[from] ViewError),
+    #[error("vault: {0}")]
+    Vault(#[from] VaultError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -65,8 +71,18 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
     let store = store::open(&config.database_url, &options).await?;
     tracing::info!(backend = ?store.backend(), "database ready, migrations applied");
     let policy = Policy::builtin().await?;
-    let vault =
-        Vault::open(store, Arc::new(keyring), Arc::new(catalogue), Regions::builtin(), Arc::new(policy)).await?;
+    let views = ViewPolicy::builtin(&catalogue, &policy)?;
+    let options = VaultOptions { reveals_per_hour: config.reveals_per_hour };
+    let vault = Vault::open(
+        store,
+        Arc::new(keyring),
+        Arc::new(catalogue),
+        Regions::builtin(),
+        Arc::new(policy),
+        Arc::new(views),
+        options,
+    )
+    .await?;
     let state = AppState { vault: Arc::new(vault), authenticator: Arc::new(authenticator) };
     let limits = Limits {
         body_bytes: config.body_limit_bytes,

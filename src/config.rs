@@ -33,6 +33,8 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
+    /// Reveals allowed per principal per hour (per instance).
+    pub reveals_per_hour: u32,
     pub auth: AuthConfig,
 }
 
@@ -46,6 +48,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             request_timeout_ms: 10_000,
             body_limit_bytes: 64 * 1024,
+            reveals_per_hour: 20,
             auth: AuthConfig::default(),
         }
     }

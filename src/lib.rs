@@ -18,6 +18,7 @@ pub mod authz;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod mask;
 pub mod store;
 pub mod telemetry;
 pub mod vault;

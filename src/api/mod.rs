@@ -41,7 +41,10 @@ pub struct Limits {
 pub fn router(state: AppState, limits: Limits) -> Router {
     let v1 = Router::new()
         .route("/customers", post(customers::create))
+        .route("/customers/search", post(customers::search))
+        .route("/customers/batch-get", post(customers::batch_get))
         .route("/customers/{id}", get(customers::read).patch(customers::update))
+        .route("/customers/{id}/reveal", post(customers::reveal))
         .route("/grants", post(grants::create).get(grants::list))
         .route("/grants/{id}", axum::routing::delete(grants::revoke))
         .route("/principals/{sub}/revoke-tokens", post(grants::revoke_tokens));

@@ -153,6 +153,13 @@ impl From<VaultError> for ApiError {
             VaultError::Validation(v) => v.into(),
             VaultError::NotFound => ApiError::not_found(),
             VaultError::Denied(d) => denied(d),
+            VaultError::UnsupportedQuery(why) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "unsupported_query", "Unsupported query").detail(why)
+            }
+            VaultError::RateLimited => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests")
+                    .detail("the reveal limit for this principal is reached; try again later")
+            }
             VaultError::VersionConflict => {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, "version_conflict", "Version conflict")
                     .detail("the record has changed; read it again and retry with its current version in If-Match")
@@ -198,6 +205,9 @@ fn denied(d: Denied) -> ApiError {
             forbidden("delegation_expiry_exceeded", "a delegated grant may not outlast the grant it is made under")
         }
         Denied::SelfGrant => forbidden("self_grant", "a principal may not grant roles to itself"),
+        Denied::RevealNotAllowed => {
+            forbidden("reveal_not_allowed", "the caller's roles may not reveal one of the requested fields")
+        }
         Denied::SeparationOfDuties => {
             ApiError::new(StatusCode::CONFLICT, "separation_of_duties", "Separation of duties")
                 .detail("the principal holds live grants of a role with another duty")

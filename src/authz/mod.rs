@@ -122,6 +122,9 @@ pub enum Denied {
     SelfGrant,
     #[error("the principal holds roles of another duty")]
     SeparationOfDuties,
+    /// None of the caller's roles at the record's scope may reveal a requested field.
+    #[error("reveal not allowed")]
+    RevealNotAllowed,
 }
 
 /// The live grants of one principal that permit one action for one purpose.
@@ -134,6 +137,11 @@ impl Capability {
     /// The grant that covers `region`, if any (the first, by grant order).
     pub fn grant_for(&self, region: &RegionId) -> Option<Uuid> {
         self.grants.iter().find(|(_, _, r, _)| r.contains(region)).map(|(id, ..)| *id)
+    }
+
+    /// The roles of the grants that cover `region`.
+    pub fn roles_for<'a>(&'a self, region: &'a RegionId) -> impl Iterator<Item = &'a str> + 'a {
+        self.grants.iter().filter(move |(_, _, r, _)| r.contains(region)).map(|(_, role, _, _)| role.as_str())
     }
 
     /// The region nodes covered, without nodes inside others.

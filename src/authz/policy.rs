@@ -213,6 +213,11 @@ impl Policy {
         self.roles.contains_key(role)
     }
 
+    /// The roles of one duty.
+    pub fn roles_with_duty(&self, duty: Duty) -> impl Iterator<Item = &str> {
+        self.roles.iter().filter(move |(_, r)| r.duty == Some(duty)).map(|(name, _)| name.as_str())
+    }
+
     pub fn duty(&self, role: &str) -> Option<Duty> {
         self.roles.get(role).and_then(|r| r.duty)
     }

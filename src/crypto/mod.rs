@@ -5,9 +5,11 @@
 //! type here prints key bytes in `Debug`. This module never logs plaintext or keys and never
 //! touches the database.
 
+pub mod blind;
 pub mod envelope;
 pub mod keyring;
 
+pub use blind::{BlindIndex, Digest};
 pub use envelope::{DataKey, FieldContext, WrappedKey};
 pub use keyring::{KeyFileError, Keyring};
 

@@ -56,6 +56,29 @@ pub struct SealedField {
     pub sealed: Vec<u8>,
 }
 
+/// One blind-index entry of a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub field: String,
+    pub digest: Vec<u8>,
+    pub key_version: i32,
+}
+
+/// A customer search, filtered in SQL: exact blind-index matches, the caller's scopes, filters.
+#[derive(Clone, Debug)]
+pub struct CustomerQuery {
+    /// (field, digest) pairs that must all match.
+    pub matches: Vec<(String, Vec<u8>)>,
+    /// The caller's scopes; empty means nothing is visible.
+    pub scopes: Vec<RegionId>,
+    /// An additional region filter.
+    pub region: Option<RegionId>,
+    pub kind: Option<CustomerKind>,
+    pub status: Option<CustomerStatus>,
+    pub after: Option<Uuid>,
+    pub limit: u32,
+}
+
 /// A customer record as stored.
 #[derive(Clone, Debug)]
 pub struct CustomerRecord {
@@ -69,6 +92,8 @@ pub struct CustomerRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub fields: Vec<SealedField>,
+    /// Blind-index entries (written on insert; not loaded on reads).
+    pub index: Vec<IndexEntry>,
 }
 
 /// A new version of a record: every field is re-sealed under the new version, so the update
@@ -81,6 +106,8 @@ pub struct CustomerUpdate {
     pub vip_level: i16,
     pub updated_at: DateTime<Utc>,
     pub fields: Vec<SealedField>,
+    /// The record's complete new set of blind-index entries.
+    pub index: Vec<IndexEntry>,
 }
 
 /// A grant as stored.
@@ -144,6 +171,10 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_customer(&self, record: &CustomerRecord) -> Result<(), StoreError>;
     async fn customer(&self, id: Uuid) -> Result<Option<CustomerRecord>, StoreError>;
     async fn update_customer(&self, update: &CustomerUpdate) -> Result<UpdateOutcome, StoreError>;
+    /// The records among `ids` inside `scopes` (filtered in SQL).
+    async fn customers_by_ids(&self, ids: &[Uuid], scopes: &[RegionId]) -> Result<Vec<CustomerRecord>, StoreError>;
+    /// Ids of the records a search finds, in id order.
+    async fn search_customers(&self, query: &CustomerQuery) -> Result<Vec<Uuid>, StoreError>;
 
     /// The current authorization epoch (bumped by every grant or token revocation change).
     async fn authz_epoch(&self) -> Result<i64, StoreError>;

@@ -45,6 +45,67 @@ macro_rules! impl_store {
             Ok(())
         }
 
+        const CUSTOMER_SELECT: &str =
+            "SELECT c.id, c.region, c.kind, c.vip_level, c.status, c.version, c.kek_version, c.wrapped_key, \
+             c.created_at, c.updated_at, f.field, f.sealed \
+             FROM customers c LEFT JOIN customer_fields f ON f.customer_id = c.id";
+
+        /// Groups rows of `CUSTOMER_SELECT` (ordered by customer) into records.
+        fn records_from_rows(
+            rows: &[<$db as sqlx::Database>::Row],
+        ) -> Result<Vec<$crate::store::CustomerRecord>, $crate::store::StoreError> {
+            use sqlx::Row;
+            let mut out: Vec<$crate::store::CustomerRecord> = Vec::new();
+            for row in rows {
+                let id: uuid::Uuid = row.try_get("id")?;
+                if out.last().is_none_or(|r| r.id != id) {
+                    let kind: String = row.try_get("kind")?;
+                    let status: String = row.try_get("status")?;
+                    out.push($crate::store::CustomerRecord {
+                        id,
+                        region: row.try_get("region")?,
+                        kind: $crate::store::parse_kind(&kind)?,
+                        vip_level: row.try_get("vip_level")?,
+                        status: $crate::store::parse_status(&status)?,
+                        version: row.try_get("version")?,
+                        wrapped_key: $crate::crypto::WrappedKey {
+                            kek_version: $crate::store::kek_version(row.try_get("kek_version")?)?,
+                            bytes: row.try_get("wrapped_key")?,
+                        },
+                        created_at: row.try_get("created_at")?,
+                        updated_at: row.try_get("updated_at")?,
+                        fields: Vec::new(),
+                        index: Vec::new(),
+                    });
+                }
+                if let (Some(name), Some(record)) = (row.try_get::<Option<String>, _>("field")?, out.last_mut()) {
+                    let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
+                    record.fields.push($crate::store::SealedField {
+                        name,
+                        sealed: sealed.ok_or($crate::store::StoreError::Corrupt("field without ciphertext"))?,
+                    });
+                }
+            }
+            Ok(out)
+        }
+
+        async fn insert_index_in(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            id: uuid::Uuid,
+            entries: &[$crate::store::IndexEntry],
+        ) -> Result<(), sqlx::Error> {
+            for e in entries {
+                sqlx::query("INSERT INTO blind_index (field, digest, customer_id, key_version) VALUES ($1, $2, $3, $4)")
+                    .bind(&e.field)
+                    .bind(&e.digest)
+                    .bind(id)
+                    .bind(e.key_version)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(())
+        }
+
         const GRANT_COLUMNS: &str =
             "id, principal, role, region, granted_by, parent_id, created_at, expires_at, revoked_at, revoked_by";
         const BUMP_EPOCH: &str = "UPDATE authz_epoch SET value = value + 1 WHERE id = 1";
@@ -85,54 +146,74 @@ macro_rules! impl_store {
                         .execute(&mut *tx)
                         .await?;
                 }
+                insert_index_in(&mut tx, r.id, &r.index).await?;
                 tx.commit().await?;
                 Ok(())
             }
 
             async fn customer(&self, id: uuid::Uuid) -> Result<Option<$crate::store::CustomerRecord>, $crate::store::StoreError> {
-                use sqlx::Row;
                 let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
                 // One statement, so the record and its fields come from one snapshot: a concurrent
                 // update can never pair a row of one version with fields sealed for another.
-                let rows = sqlx::query(
-                    "SELECT c.id, c.region, c.kind, c.vip_level, c.status, c.version, c.kek_version, c.wrapped_key, \
-                     c.created_at, c.updated_at, f.field, f.sealed \
-                     FROM customers c LEFT JOIN customer_fields f ON f.customer_id = c.id \
-                     WHERE c.id = $1 ORDER BY f.field",
-                )
-                .bind(id)
-                .fetch_all(&mut *conn)
-                .await?;
-                let Some(row) = rows.first() else {
-                    return Ok(None);
-                };
-                let mut fields = Vec::with_capacity(rows.len());
-                for r in &rows {
-                    if let Some(name) = r.try_get::<Option<String>, _>("field")? {
-                        let sealed: Option<Vec<u8>> = r.try_get("sealed")?;
-                        fields.push($crate::store::SealedField {
-                            name,
-                            sealed: sealed.ok_or($crate::store::StoreError::Corrupt("field without ciphertext"))?,
-                        });
-                    }
+                let rows = sqlx::query(&format!("{CUSTOMER_SELECT} WHERE c.id = $1 ORDER BY f.field"))
+                    .bind(id)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                Ok(records_from_rows(&rows)?.pop())
+            }
+
+            async fn customers_by_ids(
+                &self,
+                ids: &[uuid::Uuid],
+                scopes: &[$crate::domain::RegionId],
+            ) -> Result<Vec<$crate::store::CustomerRecord>, $crate::store::StoreError> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
                 }
-                let kind: String = row.try_get("kind")?;
-                let status: String = row.try_get("status")?;
-                Ok(Some($crate::store::CustomerRecord {
-                    id: row.try_get("id")?,
-                    region: row.try_get("region")?,
-                    kind: $crate::store::parse_kind(&kind)?,
-                    vip_level: row.try_get("vip_level")?,
-                    status: $crate::store::parse_status(&status)?,
-                    version: row.try_get("version")?,
-                    wrapped_key: $crate::crypto::WrappedKey {
-                        kek_version: $crate::store::kek_version(row.try_get("kek_version")?)?,
-                        bytes: row.try_get("wrapped_key")?,
-                    },
-                    created_at: row.try_get("created_at")?,
-                    updated_at: row.try_get("updated_at")?,
-                    fields,
-                }))
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!("{CUSTOMER_SELECT} WHERE c.id IN ("));
+                let mut list = qb.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                qb.push(")");
+                $crate::store::push_scope_filter(&mut qb, "c.region", scopes);
+                qb.push(" ORDER BY c.id, f.field");
+                let rows = qb.build().fetch_all(&mut *conn).await?;
+                records_from_rows(&rows)
+            }
+
+            async fn search_customers(&self, q: &$crate::store::CustomerQuery) -> Result<Vec<uuid::Uuid>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT c.id FROM customers c WHERE 1 = 1");
+                for (field, digest) in &q.matches {
+                    qb.push(" AND c.id IN (SELECT customer_id FROM blind_index WHERE field = ");
+                    qb.push_bind(field.as_str());
+                    qb.push(" AND digest = ");
+                    qb.push_bind(digest.as_slice());
+                    qb.push(")");
+                }
+                $crate::store::push_scope_filter(&mut qb, "c.region", &q.scopes);
+                if let Some(region) = &q.region {
+                    $crate::store::push_scope_filter(&mut qb, "c.region", std::slice::from_ref(region));
+                }
+                if let Some(kind) = q.kind {
+                    qb.push(" AND c.kind = ");
+                    qb.push_bind(kind.as_str());
+                }
+                if let Some(status) = q.status {
+                    qb.push(" AND c.status = ");
+                    qb.push_bind(status.as_str());
+                }
+                if let Some(after) = q.after {
+                    qb.push(" AND c.id > ");
+                    qb.push_bind(after);
+                }
+                qb.push(" ORDER BY c.id LIMIT ");
+                qb.push_bind(i64::from(q.limit));
+                let rows = qb.build().fetch_all(&mut *conn).await?;
+                Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<_>, _>>()?)
             }
 
             async fn update_customer(&self, u: &$crate::store::CustomerUpdate) -> Result<$crate::store::UpdateOutcome, $crate::store::StoreError> {
@@ -170,6 +251,8 @@ macro_rules! impl_store {
                         .execute(&mut *tx)
                         .await?;
                 }
+                sqlx::query("DELETE FROM blind_index WHERE customer_id = $1").bind(u.id).execute(&mut *tx).await?;
+                insert_index_in(&mut tx, u.id, &u.index).await?;
                 tx.commit().await?;
                 Ok($crate::store::UpdateOutcome::Updated)
             }

@@ -1,4 +1,5 @@
-//! Customer record use cases: create, read, update.
+//! Customer record use cases: create, read (masked per view), update, search, batch fetch and
+//! justified reveal.
 
 use std::collections::BTreeMap;
 
@@ -6,10 +7,17 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Caller, Vault, VaultError};
-use crate::authz::{Action, Denied};
+use crate::authz::{Action, Capability, Denied};
 use crate::crypto::{CryptoError, DataKey, FieldContext};
-use crate::domain::{CustomerDraft, CustomerKind, CustomerPatch, CustomerStatus, FieldValue, RegionId};
-use crate::store::{CustomerRecord, CustomerUpdate, SealedField, StoreError, UpdateOutcome};
+use crate::domain::identifiers::Rule;
+use crate::domain::{
+    CustomerDraft, CustomerKind, CustomerPatch, CustomerStatus, FieldValue, RegionId, ValidationError, ValidationErrors,
+};
+use crate::mask::{self, View};
+use crate::store::{CustomerQuery, CustomerRecord, CustomerUpdate, IndexEntry, SealedField, StoreError, UpdateOutcome};
+
+/// Largest page of search results and largest batch.
+pub const MAX_PAGE: u32 = 100;
 
 /// A customer's routing and lifecycle data, without field values.
 #[derive(Clone, Debug)]
@@ -24,12 +32,48 @@ pub struct CustomerSummary {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A customer with its plaintext field values.
+/// One disclosed field: what is shown (plain or masked) and which view produced it.
+#[derive(Debug)]
+pub struct Shown {
+    pub value: FieldValue,
+    pub view: View,
+}
+
+/// A customer as disclosed to one caller: only the fields its views show, masked as they say.
 #[derive(Debug)]
 pub struct CustomerView {
     pub summary: CustomerSummary,
-    pub fields: BTreeMap<String, FieldValue>,
+    pub fields: BTreeMap<String, Shown>,
 }
+
+/// A search, as submitted.
+#[derive(Debug, Default)]
+pub struct SearchRequest {
+    /// Field → value, exact match on the normalised value.
+    pub matches: Vec<(String, FieldValue)>,
+    pub region: Option<String>,
+    pub kind: Option<String>,
+    pub status: Option<String>,
+    pub page_size: Option<u32>,
+    pub after: Option<Uuid>,
+}
+
+/// A page of search results.
+#[derive(Debug)]
+pub struct SearchPage {
+    pub items: Vec<CustomerView>,
+    pub next_cursor: Option<Uuid>,
+}
+
+/// A batch fetch: what was found, and what was not (missing and out of scope, together).
+#[derive(Debug)]
+pub struct Batch {
+    pub items: Vec<CustomerView>,
+    pub not_found: Vec<Uuid>,
+}
+
+/// Characters that would mean a pattern in other systems; exact match never needs them.
+const PATTERN_CHARS: [char; 6] = ['*', '%', '?', '[', ']', '~'];
 
 fn summary(r: &CustomerRecord) -> CustomerSummary {
     CustomerSummary {
@@ -62,18 +106,27 @@ fn integrity_alert(id: Uuid, field: Option<&str>) {
     );
 }
 
+fn invalid(field: &str, rule: Rule) -> VaultError {
+    VaultError::Validation(ValidationErrors(vec![ValidationError { field: field.to_owned(), rule }]))
+}
+
 impl Vault {
     fn record_region(&self, r: &CustomerRecord) -> Result<RegionId, VaultError> {
         self.regions.parse_city(&r.region).ok_or(VaultError::Store(StoreError::Corrupt("unknown region code")))
     }
 
-    /// Loads a record the principal may act on, or `NotFound`.
-    async fn load_for(&self, caller: &Caller, action: Action, id: Uuid) -> Result<(CustomerRecord, Uuid), VaultError> {
+    /// Loads a record the caller may act on, with the capability that allows it, or `NotFound`.
+    async fn load_for(
+        &self,
+        caller: &Caller,
+        action: Action,
+        id: Uuid,
+    ) -> Result<(CustomerRecord, Capability), VaultError> {
         // Capability first: a caller who may not do this at all learns nothing about the id.
         let capability = self.authz.capability(&caller.principal, action, caller.purpose())?;
         let record = self.store.customer(id).await?.ok_or(VaultError::NotFound)?;
-        let grant = capability.grant_for(&self.record_region(&record)?).ok_or(VaultError::NotFound)?;
-        Ok((record, grant))
+        capability.grant_for(&self.record_region(&record)?).ok_or(VaultError::NotFound)?;
+        Ok((record, capability))
     }
 
     fn data_key(&self, record: &CustomerRecord) -> Result<DataKey, VaultError> {
@@ -85,9 +138,18 @@ impl Vault {
         })
     }
 
-    fn open_fields(&self, record: &CustomerRecord, key: &DataKey) -> Result<BTreeMap<String, FieldValue>, VaultError> {
+    /// Decrypts the record's fields (all of them, or those named in `only`).
+    fn open_fields(
+        &self,
+        record: &CustomerRecord,
+        key: &DataKey,
+        only: Option<&[String]>,
+    ) -> Result<BTreeMap<String, FieldValue>, VaultError> {
         let mut out = BTreeMap::new();
         for f in &record.fields {
+            if only.is_some_and(|o| !o.contains(&f.name)) {
+                continue;
+            }
             let ctx = FieldContext { field: &f.name, record_version: record.version };
             let plain = key.open(ctx, &f.sealed).map_err(|e| {
                 integrity_alert(record.id, Some(&f.name));
@@ -118,11 +180,67 @@ impl Vault {
             .collect()
     }
 
+    /// Blind-index entries of the searchable fields among `fields` (already normalised).
+    fn index_entries(&self, fields: &BTreeMap<String, FieldValue>) -> Vec<IndexEntry> {
+        let version = i32::try_from(self.index.version()).unwrap_or(i32::MAX);
+        fields
+            .iter()
+            .filter_map(|(name, value)| {
+                self.index.digest(name, value.expose()).map(|d| IndexEntry {
+                    field: name.clone(),
+                    digest: d.to_vec(),
+                    key_version: version,
+                })
+            })
+            .collect()
+    }
+
+    /// The record as `capability` lets the caller see it: per field, the most revealing view
+    /// of the roles whose grants cover the record, limited to `only` when given.
+    fn disclose(
+        &self,
+        record: &CustomerRecord,
+        capability: &Capability,
+        only: Option<&[String]>,
+    ) -> Result<CustomerView, VaultError> {
+        let region = self.record_region(record)?;
+        let views = self.views.views_for(capability.roles_for(&region));
+        // Decrypt only what some view shows.
+        let wanted: Vec<String> = record
+            .fields
+            .iter()
+            .map(|f| f.name.clone())
+            .filter(|n| views.get(n).view != View::Hidden && only.is_none_or(|o| o.contains(n)))
+            .collect();
+        let mut fields = BTreeMap::new();
+        if !wanted.is_empty() {
+            let key = self.data_key(record)?;
+            for (name, value) in self.open_fields(record, &key, Some(&wanted))? {
+                let Some(spec) = self.catalogue.get(&name) else { continue };
+                let view = views.get(&name);
+                if let Some(shown) = mask::apply(spec, value.expose(), view, self.regions) {
+                    fields.insert(name, Shown { value: FieldValue::new(shown), view: view.view });
+                }
+            }
+        }
+        Ok(CustomerView { summary: summary(record), fields })
+    }
+
+    /// Checks a `fields` selection against the catalogue.
+    fn check_selection(&self, only: Option<&[String]>) -> Result<(), VaultError> {
+        match only {
+            Some(names) if names.iter().any(|n| self.catalogue.get(n).is_none()) => {
+                Err(invalid("fields", Rule::UnknownField))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Creates a customer record.
     #[tracing::instrument(skip_all)]
     pub async fn create_customer(&self, caller: &Caller, draft: CustomerDraft) -> Result<CustomerSummary, VaultError> {
-        let valid = draft.validate(&self.catalogue, self.regions)?;
         let capability = self.authz.capability(&caller.principal, Action::CreateCustomer, caller.purpose())?;
+        let valid = draft.validate(&self.catalogue, self.regions)?;
         // Creating outside one's scope reveals nothing (no record exists yet): a plain refusal.
         capability.grant_for(&valid.region).ok_or(Denied::RegionOutOfScope)?;
         let id = Uuid::now_v7();
@@ -139,19 +257,24 @@ impl Vault {
             created_at: now,
             updated_at: now,
             fields: Self::seal_fields(&key, 1, &valid.fields)?,
+            index: self.index_entries(&valid.fields),
         };
         self.store.insert_customer(&record).await?;
         tracing::info!(customer_id = %id, region = %record.region, "customer created");
         Ok(summary(&record))
     }
 
-    /// Reads a customer record with its plaintext fields.
+    /// Reads a customer record as the caller's views show it, limited to `only` when given.
     #[tracing::instrument(skip_all)]
-    pub async fn read_customer(&self, caller: &Caller, id: Uuid) -> Result<CustomerView, VaultError> {
-        let (record, _grant) = self.load_for(caller, Action::ReadCustomer, id).await?;
-        let key = self.data_key(&record)?;
-        let fields = self.open_fields(&record, &key)?;
-        Ok(CustomerView { summary: summary(&record), fields })
+    pub async fn read_customer(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        only: Option<&[String]>,
+    ) -> Result<CustomerView, VaultError> {
+        self.check_selection(only)?;
+        let (record, capability) = self.load_for(caller, Action::ReadCustomer, id).await?;
+        self.disclose(&record, &capability, only)
     }
 
     /// Applies a change if the record is still at `expected_version`.
@@ -163,14 +286,14 @@ impl Vault {
         expected_version: i64,
         patch: CustomerPatch,
     ) -> Result<CustomerSummary, VaultError> {
-        let (record, _grant) = self.load_for(caller, Action::UpdateCustomer, id).await?;
+        let (record, _) = self.load_for(caller, Action::UpdateCustomer, id).await?;
         let present: Vec<String> = record.fields.iter().map(|f| f.name.clone()).collect();
         let patch = patch.validate(record.kind, &present, &self.catalogue, self.regions)?;
         if record.version != expected_version {
             return Err(VaultError::VersionConflict);
         }
         let key = self.data_key(&record)?;
-        let mut fields = self.open_fields(&record, &key)?;
+        let mut fields = self.open_fields(&record, &key, None)?;
         for name in &patch.remove {
             fields.remove(name);
         }
@@ -183,6 +306,7 @@ impl Vault {
             vip_level: patch.vip_level.unwrap_or(record.vip_level),
             updated_at: Utc::now(),
             fields: Self::seal_fields(&key, version, &fields)?,
+            index: self.index_entries(&fields),
         };
         match self.store.update_customer(&update).await? {
             UpdateOutcome::Updated => {}
@@ -196,4 +320,126 @@ impl Vault {
         out.updated_at = update.updated_at;
         Ok(out)
     }
+
+    /// Finds customers by exact match on searchable fields, inside the caller's scope (in SQL),
+    /// masked per view, one cursor page at a time.
+    #[tracing::instrument(skip_all)]
+    pub async fn search_customers(&self, caller: &Caller, req: SearchRequest) -> Result<SearchPage, VaultError> {
+        let capability = self.authz.capability(&caller.principal, Action::SearchCustomers, caller.purpose())?;
+        if req.matches.is_empty() {
+            return Err(VaultError::UnsupportedQuery("name at least one searchable field in match"));
+        }
+        let mut matches = Vec::with_capacity(req.matches.len());
+        for (field, value) in &req.matches {
+            let spec = self.catalogue.get(field).filter(|s| s.searchable).ok_or(VaultError::UnsupportedQuery(
+                "only exact match on searchable fields (mobile, resident_id, email, credit_code)",
+            ))?;
+            if value.expose().contains(PATTERN_CHARS) {
+                return Err(VaultError::UnsupportedQuery("no prefix, wildcard or pattern search: exact values only"));
+            }
+            let normalised = self
+                .catalogue
+                .validate(spec, value.expose(), self.regions)
+                .map_err(|rule| invalid(&format!("match.{field}"), rule))?;
+            let digest =
+                self.index.digest(field, &normalised).ok_or(VaultError::UnsupportedQuery("field is not indexed"))?;
+            matches.push((field.clone(), digest.to_vec()));
+        }
+        let region = match req.region.as_deref() {
+            None => None,
+            Some(r) => Some(self.regions.parse(r).ok_or_else(|| invalid("region", Rule::UnknownRegion))?),
+        };
+        let kind = match req.kind.as_deref() {
+            None => None,
+            Some(k) => Some(CustomerKind::parse(k).ok_or_else(|| invalid("kind", Rule::Format))?),
+        };
+        let status = match req.status.as_deref() {
+            None => None,
+            Some(s) => Some(CustomerStatus::parse(s).ok_or_else(|| invalid("status", Rule::Format))?),
+        };
+        let limit = req.page_size.unwrap_or(50);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(invalid("page_size", Rule::OutOfRange));
+        }
+        let scopes = capability.scopes();
+        let query =
+            CustomerQuery { matches, scopes: scopes.clone(), region, kind, status, after: req.after, limit: limit + 1 };
+        let mut ids = self.store.search_customers(&query).await?;
+        let next_cursor = if ids.len() > limit as usize {
+            ids.truncate(limit as usize);
+            ids.last().copied()
+        } else {
+            None
+        };
+        let records = self.store.customers_by_ids(&ids, &scopes).await?;
+        let items = records.iter().map(|r| self.disclose(r, &capability, None)).collect::<Result<Vec<_>, _>>()?;
+        Ok(SearchPage { items, next_cursor })
+    }
+
+    /// Fetches up to 100 customers by id, inside the caller's scope (in SQL), masked per view.
+    /// Missing and out-of-scope ids come back together in `not_found`.
+    #[tracing::instrument(skip_all)]
+    pub async fn batch_get(
+        &self,
+        caller: &Caller,
+        ids: Vec<Uuid>,
+        only: Option<&[String]>,
+    ) -> Result<Batch, VaultError> {
+        let capability = self.authz.capability(&caller.principal, Action::BatchGetCustomers, caller.purpose())?;
+        self.check_selection(only)?;
+        let mut unique: Vec<Uuid> = Vec::with_capacity(ids.len());
+        for id in ids {
+            if !unique.contains(&id) {
+                unique.push(id);
+            }
+        }
+        if unique.is_empty() || unique.len() > MAX_PAGE as usize {
+            return Err(invalid("ids", Rule::OutOfRange));
+        }
+        let records = self.store.customers_by_ids(&unique, &capability.scopes()).await?;
+        let items = records.iter().map(|r| self.disclose(r, &capability, only)).collect::<Result<Vec<_>, _>>()?;
+        let not_found = unique.into_iter().filter(|id| !records.iter().any(|r| r.id == *id)).collect();
+        Ok(Batch { items, not_found })
+    }
+
+    /// Returns fields in plaintext to a caller whose roles may reveal them at the record's scope,
+    /// for a stated purpose and a ticket reference; rate-limited per principal.
+    #[tracing::instrument(skip_all)]
+    pub async fn reveal(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        fields: &[String],
+        justification: &str,
+    ) -> Result<BTreeMap<String, FieldValue>, VaultError> {
+        let capability = self.authz.capability(&caller.principal, Action::RevealFields, caller.purpose())?;
+        if !valid_justification(justification) {
+            return Err(invalid("justification", Rule::Format));
+        }
+        if fields.is_empty() || fields.len() > 16 {
+            return Err(invalid("fields", Rule::OutOfRange));
+        }
+        self.check_selection(Some(fields))?;
+        let record = self.store.customer(id).await?.ok_or(VaultError::NotFound)?;
+        let region = self.record_region(&record)?;
+        capability.grant_for(&region).ok_or(VaultError::NotFound)?;
+        if fields.iter().any(|f| !self.views.may_reveal(capability.roles_for(&region), f)) {
+            return Err(Denied::RevealNotAllowed.into());
+        }
+        if !self.reveals.allow(&caller.principal.sub) {
+            return Err(VaultError::RateLimited);
+        }
+        let key = self.data_key(&record)?;
+        let out = self.open_fields(&record, &key, Some(fields))?;
+        tracing::info!(customer_id = %id, fields = fields.len(), "fields revealed");
+        Ok(out)
+    }
+}
+
+/// A justification is a ticket reference: 3–64 characters of letters, digits and `-_.:/#`,
+/// starting with a letter or digit.
+pub fn valid_justification(s: &str) -> bool {
+    (3..=64).contains(&s.len())
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'#'))
 }

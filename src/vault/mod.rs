@@ -6,16 +6,19 @@
 
 mod customers;
 mod grants;
+pub mod limits;
 
 use std::sync::Arc;
 
 use crate::auth::Principal;
 use crate::authz::{Authorizer, Denied, GrantCache, Policy};
-use crate::crypto::{CryptoError, Keyring};
+use crate::crypto::{BlindIndex, CryptoError, Keyring};
 use crate::domain::{Catalogue, Regions, ValidationErrors};
+use crate::mask::ViewPolicy;
 use crate::store::{Store, StoreError};
+use limits::RateLimiter;
 
-pub use customers::{CustomerSummary, CustomerView};
+pub use customers::{valid_justification, Batch, CustomerSummary, CustomerView, SearchPage, SearchRequest, Shown};
 pub use grants::{GrantPage, GrantView};
 
 /// Errors of the use cases.
@@ -31,6 +34,11 @@ pub enum VaultError {
     Denied(Denied),
     #[error("record version does not match")]
     VersionConflict,
+    /// A search the vault does not offer (prefix, wildcard, range, ordering, unsearchable field).
+    #[error("unsupported query: {0}")]
+    UnsupportedQuery(&'static str),
+    #[error("rate limit exceeded")]
+    RateLimited,
     /// A stored ciphertext failed authentication: tampering, or a ciphertext moved.
     #[error("integrity check failed")]
     Integrity,
@@ -64,6 +72,19 @@ impl Caller {
     }
 }
 
+/// Tunables of the use cases.
+#[derive(Clone, Debug)]
+pub struct VaultOptions {
+    /// Reveals allowed per principal per hour.
+    pub reveals_per_hour: u32,
+}
+
+impl Default for VaultOptions {
+    fn default() -> Self {
+        VaultOptions { reveals_per_hour: 20 }
+    }
+}
+
 /// The vault.
 pub struct Vault {
     store: Arc<dyn Store>,
@@ -71,6 +92,9 @@ pub struct Vault {
     catalogue: Arc<Catalogue>,
     regions: &'static Regions,
     authz: Authorizer,
+    views: Arc<ViewPolicy>,
+    index: BlindIndex,
+    reveals: RateLimiter,
 }
 
 impl std::fmt::Debug for Vault {
@@ -87,9 +111,22 @@ impl Vault {
         catalogue: Arc<Catalogue>,
         regions: &'static Regions,
         policy: Arc<Policy>,
-    ) -> Result<Self, StoreError> {
+        views: Arc<ViewPolicy>,
+        options: VaultOptions,
+    ) -> Result<Self, VaultError> {
+        let index = BlindIndex::new(&keyring, catalogue.fields().filter(|f| f.searchable).map(|f| f.name.as_str()))
+            .map_err(VaultError::Crypto)?;
         let grants = GrantCache::load(store.clone(), regions).await?;
-        Ok(Vault { store, keyring, catalogue, regions, authz: Authorizer::new(policy, grants) })
+        Ok(Vault {
+            store,
+            keyring,
+            catalogue,
+            regions,
+            authz: Authorizer::new(policy, grants),
+            views,
+            index,
+            reveals: RateLimiter::new(options.reveals_per_hour, std::time::Duration::from_secs(3600)),
+        })
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

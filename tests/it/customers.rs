@@ -44,7 +44,10 @@ on_both! {
         assert_eq!(got["version"], 2);
         assert_eq!(got["fields"]["mobile"], "13900001111");
         assert!(got["fields"].get("email").is_none());
-        assert_eq!(got["fields"]["resident_id"], "11010519491231002X");
+        // An account manager sees the resident ID masked (first 3, last 4).
+        assert_eq!(got["fields"]["resident_id"], "110***********002X");
+        assert_eq!(got["views"]["resident_id"], "masked");
+        assert_eq!(got["views"]["mobile"], "plain");
 
         // Enterprise customers.
         let id = h.create(json!({"region": "4403", "kind": "enterprise", "fields": {

@@ -12,3 +12,4 @@ mod customers;
 mod encryption;
 mod logs;
 mod openapi;
+mod views;
