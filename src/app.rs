@@ -11,6 +11,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState, Limits};
+use crate::audit::checkpoint::CheckpointKeyError;
+use crate::audit::guard::GuardPolicy;
+use crate::audit::writer::CheckpointPolicy;
+use crate::audit::{AuditLog, CheckpointSigner, CheckpointVerifier};
 use crate::auth::{Authenticator, KeyConfigError};
 use crate::authz::{Policy, PolicyError};
 use crate::config::{Config, EXAMPLE_TOKEN_KID};
@@ -35,6 +39,8 @@ pub enum StartError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Views(#[from] ViewError),
+    #[error("audit keys: {0}")]
+    AuditKeys(#[from] CheckpointKeyError),
     #[error("vault: {0}")]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -72,7 +78,28 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
     tracing::info!(backend = ?store.backend(), "database ready, migrations applied");
     let policy = Policy::builtin().await?;
     let views = ViewPolicy::builtin(&catalogue, &policy)?;
-    let options = VaultOptions { reveals_per_hour: config.reveals_per_hour };
+    let options = VaultOptions {
+        reveals_per_hour: config.reveals_per_hour,
+        guard: GuardPolicy {
+            threshold: config.audit.bulk_threshold,
+            window: Duration::from_secs(config.audit.bulk_window_seconds),
+        },
+    };
+    let signer = CheckpointSigner::load(&config.audit.signing_key)?;
+    let verifier = CheckpointVerifier::load(&config.audit.public_key)?;
+    if config.audit.signing_key.starts_with("keys-example")
+        || config.audit.signing_key.to_string_lossy().contains("keys-example/")
+    {
+        tracing::warn!("SIGNING AUDIT CHECKPOINTS WITH THE PUBLIC EXAMPLE KEY: anyone can forge them. Configure audit.signing_key.");
+    }
+    let audit = AuditLog::start(
+        store.clone(),
+        Arc::new(signer),
+        CheckpointPolicy {
+            every: config.audit.checkpoint_every,
+            interval: Duration::from_millis(config.audit.checkpoint_interval_ms),
+        },
+    );
     let vault = Vault::open(
         store,
         Arc::new(keyring),
@@ -80,10 +107,11 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
         Regions::builtin(),
         Arc::new(policy),
         Arc::new(views),
+        Some(verifier),
         options,
     )
     .await?;
-    let state = AppState { vault: Arc::new(vault), authenticator: Arc::new(authenticator) };
+    let state = AppState { vault: Arc::new(vault), authenticator: Arc::new(authenticator), audit };
     let limits = Limits {
         body_bytes: config.body_limit_bytes,
         request_timeout: Duration::from_millis(config.request_timeout_ms),

@@ -36,6 +36,37 @@ pub struct Config {
     /// Reveals allowed per principal per hour (per instance).
     pub reveals_per_hour: u32,
     pub auth: AuthConfig,
+    pub audit: AuditConfig,
+}
+
+/// Audit settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Ed25519 private key (PKCS#8 PEM) that signs checkpoints.
+    pub signing_key: PathBuf,
+    /// The pinned Ed25519 public key (SPKI PEM) that verification checks checkpoints against.
+    pub public_key: PathBuf,
+    /// Sign a checkpoint at least every this many events…
+    pub checkpoint_every: i64,
+    /// …and every this many milliseconds while events are unsigned.
+    pub checkpoint_interval_ms: u64,
+    /// Distinct customers one principal may be shown within the window before it is blocked.
+    pub bulk_threshold: usize,
+    pub bulk_window_seconds: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            signing_key: PathBuf::from("keys-example/audit-ed25519.pem"),
+            public_key: PathBuf::from("keys-example/audit-ed25519.pub.pem"),
+            checkpoint_every: 1000,
+            checkpoint_interval_ms: 10_000,
+            bulk_threshold: 500,
+            bulk_window_seconds: 3600,
+        }
+    }
 }
 
 impl Default for Config {
@@ -50,6 +81,7 @@ impl Default for Config {
             body_limit_bytes: 64 * 1024,
             reveals_per_hour: 20,
             auth: AuthConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -145,6 +177,11 @@ impl Config {
         }
         if self.auth.keys.is_empty() && self.auth.jwks_file.is_none() {
             return Err(ConfigError::Invalid("no token verification key configured"));
+        }
+        if self.audit.checkpoint_every < 1 || self.audit.checkpoint_interval_ms == 0 || self.audit.bulk_threshold == 0 {
+            return Err(ConfigError::Invalid(
+                "audit.checkpoint_every, checkpoint_interval_ms and bulk_threshold must be positive",
+            ));
         }
         if self.body_limit_bytes < 1024 || self.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid("body_limit_bytes must be at least 1024 and request_timeout_ms positive"));

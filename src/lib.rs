@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod config;

@@ -58,6 +58,23 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// The access audit.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain and check every checkpoint signature; exit 1 when anything is wrong.
+    Verify {
+        #[arg(long, env = "CUSTODIA_DATABASE_URL")]
+        database_url: Option<String>,
+        /// The pinned Ed25519 public key (SPKI PEM) of the checkpoint signer.
+        #[arg(long)]
+        public_key: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -147,6 +164,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     anyhow::bail!("--sub must be 1-128 characters of A-Z a-z 0-9 . _ - @ : | +")
                 }
                 Err(e) => Err(e.into()),
+            }
+        }
+        Command::Audit { command: AuditCommand::Verify { database_url, public_key } } => {
+            let url = database_url.unwrap_or(config.database_url);
+            let verifier = custodia::audit::CheckpointVerifier::load(&public_key)?;
+            let store = custodia::store::open(&url, &custodia::store::StoreOptions::default()).await?;
+            let report = custodia::audit::verify::verify(&*store, &verifier).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report.ok {
+                eprintln!(
+                    "audit OK: {} events, {} checkpoints verified in {} ms ({} events after the last checkpoint)",
+                    report.events, report.checkpoints, report.elapsed_ms, report.unsigned_events
+                );
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "AUDIT TAMPERED: first bad sequence number {}: {}",
+                    report.first_bad_seq.unwrap_or_default(),
+                    report.problem.unwrap_or_default()
+                )
             }
         }
         Command::Openapi => {

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::problem::ApiError;
 use super::AppState;
+use crate::audit::AuditHandle;
 use crate::auth::{AuthError, Principal};
 use crate::domain::FieldValue;
 use crate::vault::Caller;
@@ -106,18 +107,23 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let audit =
+            parts.extensions.get::<AuditHandle>().cloned().unwrap_or_else(|| AuditHandle::detached("unaudited"));
         let principal = Principal::from_request_parts(parts, state).await?;
+        audit.set_principal(&principal.sub);
         let purpose = parts.headers.get(PURPOSE).map(|v| {
             let s = v.to_str().unwrap_or("");
             let plain = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
             if plain {
                 tracing::Span::current().record("purpose", s);
+                audit.set_purpose(s);
                 s.to_owned()
             } else {
+                audit.set_purpose("<invalid>");
                 String::new()
             }
         });
-        Ok(Caller { principal, purpose })
+        Ok(Caller { principal, purpose, audit })
     }
 }
 

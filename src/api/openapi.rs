@@ -5,7 +5,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{customers, grants, health, problem};
+use super::{audit, customers, grants, health, problem};
 
 struct BearerAuth;
 
@@ -38,13 +38,19 @@ impl Modify for BearerAuth {
         grants::create,
         grants::list,
         grants::revoke,
-        grants::revoke_tokens
+        grants::revoke_tokens,
+        audit::events,
+        audit::verify,
+        audit::alerts,
+        audit::clear_alert,
+        audit::access_log
     ),
     components(schemas(problem::Problem, problem::FieldProblem)),
     modifiers(&BearerAuth),
     tags(
         (name = "customers", description = "Customer records"),
         (name = "grants", description = "Delegated administration"),
+        (name = "audit", description = "The access audit"),
         (name = "health", description = "Probes"),
     )
 )]

@@ -82,6 +82,12 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, "Bad request").detail(detail)
     }
 
+    /// The audit event could not be committed: nothing is served.
+    pub fn audit_unavailable() -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", "Audit unavailable")
+            .detail("the request could not be recorded in the audit, so nothing was served")
+    }
+
     pub fn internal() -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal error")
     }
@@ -156,6 +162,11 @@ impl From<VaultError> for ApiError {
             VaultError::UnsupportedQuery(why) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "unsupported_query", "Unsupported query").detail(why)
             }
+            VaultError::BulkAccessBlocked => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "bulk_access_blocked", "Blocked")
+                    .detail("bulk access detected: data requests are refused until a security officer clears the alert")
+            }
+            VaultError::AuditUnavailable => ApiError::audit_unavailable(),
             VaultError::RateLimited => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests")
                     .detail("the reveal limit for this principal is reached; try again later")
@@ -190,6 +201,8 @@ impl From<VaultError> for ApiError {
 fn denied(d: Denied) -> ApiError {
     let forbidden = |code, detail| ApiError::new(StatusCode::FORBIDDEN, code, "Forbidden").detail(detail);
     match d {
+        Denied::Blocked => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "bulk_access_blocked", "Blocked")
+            .detail("bulk access detected: data requests are refused until a security officer clears the alert"),
         Denied::Action => forbidden("forbidden", "no live grant of the caller permits this action"),
         Denied::PurposeRequired => forbidden("purpose_required", "state the purpose of a data request in X-Purpose"),
         Denied::PurposeNotAllowed => {

@@ -59,6 +59,7 @@ pub struct Snapshot {
     grants: HashMap<Uuid, CachedGrant>,
     by_principal: HashMap<String, Vec<Uuid>>,
     not_before: HashMap<String, DateTime<Utc>>,
+    blocked: std::collections::HashSet<String>,
 }
 
 impl Snapshot {
@@ -70,6 +71,7 @@ impl Snapshot {
             snap.grants.insert(record.id, CachedGrant { record, region });
         }
         snap.not_before = state.token_revocations.into_iter().collect();
+        snap.blocked = state.blocked.into_iter().collect();
         snap
     }
 
@@ -117,6 +119,11 @@ impl Snapshot {
             .flatten()
             .filter_map(|id| self.grants.get(id))
             .filter(move |g| g.region.is_some() && self.status(&g.record, now) == GrantStatus::Active)
+    }
+
+    /// Whether the principal has an open bulk-access alert.
+    pub fn is_blocked(&self, principal: &str) -> bool {
+        self.blocked.contains(principal)
     }
 
     /// Tokens of `principal` issued at or before this instant are refused.

@@ -122,6 +122,9 @@ pub enum Denied {
     SelfGrant,
     #[error("the principal holds roles of another duty")]
     SeparationOfDuties,
+    /// The principal has an open bulk-access alert.
+    #[error("blocked by a bulk-access alert")]
+    Blocked,
     /// None of the caller's roles at the record's scope may reveal a requested field.
     #[error("reveal not allowed")]
     RevealNotAllowed,
@@ -210,6 +213,9 @@ impl Authorizer {
             None
         };
         let snapshot = self.grants.snapshot();
+        if action.is_data() && snapshot.is_blocked(&principal.sub) {
+            return Err(Denied::Blocked);
+        }
         let now = Utc::now();
         let mut any_role = false;
         let mut cap = Capability::default();

@@ -96,6 +96,11 @@ fn decode_key(b64: &str) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
 
 /// A short, non-secret identifier of a key: the first 8 bytes of a domain-separated SHA-256.
 pub fn fingerprint(key: &[u8; 32]) -> String {
+    fingerprint_bytes(key)
+}
+
+/// [`fingerprint`] of key bytes of any length (public keys).
+pub fn fingerprint_bytes(key: &[u8]) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(b"custodia/key-fingerprint/v1\0");
     ctx.update(key);

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::audit::{AuditEvent, Checkpoint, StoredEvent};
 use crate::crypto::WrappedKey;
 use crate::domain::{CustomerKind, CustomerStatus, RegionId, RegionLevel};
 
@@ -134,6 +135,41 @@ pub struct AuthzState {
     pub grants: Vec<GrantRecord>,
     /// Principal → tokens issued at or before this instant are refused.
     pub token_revocations: Vec<(String, DateTime<Utc>)>,
+    /// Principals with an open bulk-access alert.
+    pub blocked: Vec<String>,
+}
+
+/// The audit chain head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditHead {
+    pub seq: i64,
+    pub chain_hash: Vec<u8>,
+}
+
+/// A search of the audit.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    pub principal: Option<String>,
+    pub customer: Option<Uuid>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Events with a greater sequence number.
+    pub after_seq: i64,
+    pub limit: u32,
+}
+
+/// A bulk-access alert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertRecord {
+    pub id: Uuid,
+    pub principal: String,
+    pub raised_at: DateTime<Utc>,
+    pub distinct_customers: i32,
+    pub window_seconds: i32,
+    pub cleared_at: Option<DateTime<Utc>>,
+    pub cleared_by: Option<String>,
 }
 
 /// A page request over grants, filtered in SQL to the given region scopes.
@@ -168,9 +204,11 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
-    async fn insert_customer(&self, record: &CustomerRecord) -> Result<(), StoreError>;
+    /// Inserts a record and its audit event in one transaction.
+    async fn insert_customer(&self, record: &CustomerRecord, audit: &AuditEvent) -> Result<(), StoreError>;
     async fn customer(&self, id: Uuid) -> Result<Option<CustomerRecord>, StoreError>;
-    async fn update_customer(&self, update: &CustomerUpdate) -> Result<UpdateOutcome, StoreError>;
+    /// Applies an update and appends its audit event in one transaction (neither on a conflict).
+    async fn update_customer(&self, update: &CustomerUpdate, audit: &AuditEvent) -> Result<UpdateOutcome, StoreError>;
     /// The records among `ids` inside `scopes` (filtered in SQL).
     async fn customers_by_ids(&self, ids: &[Uuid], scopes: &[RegionId]) -> Result<Vec<CustomerRecord>, StoreError>;
     /// Ids of the records a search finds, in id order.
@@ -181,13 +219,38 @@ pub trait Store: Send + Sync + 'static {
     /// Every grant and token revocation, with the epoch read first.
     async fn authz_state(&self) -> Result<AuthzState, StoreError>;
     async fn grant(&self, id: Uuid) -> Result<Option<GrantRecord>, StoreError>;
-    async fn insert_grant(&self, grant: &GrantRecord) -> Result<(), StoreError>;
+    async fn insert_grant(&self, grant: &GrantRecord, audit: &AuditEvent) -> Result<(), StoreError>;
     /// Inserts the root grant unless a live one exists.
-    async fn insert_bootstrap_grant(&self, grant: &GrantRecord) -> Result<BootstrapOutcome, StoreError>;
+    async fn insert_bootstrap_grant(
+        &self,
+        grant: &GrantRecord,
+        audit: &AuditEvent,
+    ) -> Result<BootstrapOutcome, StoreError>;
     /// Marks a grant revoked; false when it was already revoked.
-    async fn revoke_grant(&self, id: Uuid, by: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
+    async fn revoke_grant(&self, id: Uuid, by: &str, at: DateTime<Utc>, audit: &AuditEvent)
+        -> Result<bool, StoreError>;
     async fn grants_page(&self, query: &GrantQuery) -> Result<Vec<GrantRecord>, StoreError>;
-    async fn revoke_tokens(&self, principal: &str, not_before: DateTime<Utc>) -> Result<(), StoreError>;
+    async fn revoke_tokens(
+        &self,
+        principal: &str,
+        not_before: DateTime<Utc>,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Appends events to the audit chain in one transaction (group commit).
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<AuditHead, StoreError>;
+    async fn audit_head(&self) -> Result<AuditHead, StoreError>;
+    /// Stores a checkpoint (a duplicate sequence number is ignored).
+    async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+    /// Events after `after_seq`, in order, at most `limit`.
+    async fn audit_events_after(&self, after_seq: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError>;
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Raises an alert (and appends its event) in one transaction.
+    async fn insert_alert(&self, alert: &AlertRecord, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Clears an open alert; false when there was none with that id.
+    async fn clear_alert(&self, id: Uuid, by: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<bool, StoreError>;
+    async fn alerts(&self, limit: u32) -> Result<Vec<AlertRecord>, StoreError>;
 }
 
 /// Appends `AND (…)` restricting a `region` column to the subtrees of `scopes` (nothing when

@@ -106,6 +106,108 @@ macro_rules! impl_store {
             Ok(())
         }
 
+        const EVENT_COLUMNS: &str = "seq, time, request_id, principal, grant_id, action, customer_ids, fields, purpose, \
+             justification, query, outcome, status, client, user_agent, chain_hash";
+
+        /// Appends events to the chain inside `tx`. The no-op UPDATE takes the head's write lock
+        /// before the head is read, so appenders on every instance (and process) queue here and
+        /// the chain stays one total order.
+        async fn append_events_in(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            events: &[$crate::audit::AuditEvent],
+        ) -> Result<$crate::store::AuditHead, $crate::store::StoreError> {
+            use sqlx::Row;
+            sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1").execute(&mut **tx).await?;
+            let row = sqlx::query("SELECT seq, chain_hash FROM audit_head WHERE id = 1").fetch_one(&mut **tx).await?;
+            let mut seq: i64 = row.try_get(0)?;
+            let mut head: Vec<u8> = row.try_get(1)?;
+            for e in events {
+                seq += 1;
+                let (ids, fields) = (e.customer_ids_text(), e.fields_text());
+                let hash = $crate::audit::chain::next(&head, seq, e, &ids, &fields);
+                sqlx::query(&format!(
+                    "INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                ))
+                .bind(seq)
+                .bind(e.time)
+                .bind(&e.request_id)
+                .bind(&e.principal)
+                .bind(e.grant_id)
+                .bind(&e.action)
+                .bind(&ids)
+                .bind(&fields)
+                .bind(&e.purpose)
+                .bind(&e.justification)
+                .bind(&e.query)
+                .bind(e.outcome.as_str())
+                .bind(i32::from(e.status))
+                .bind(&e.client)
+                .bind(&e.user_agent)
+                .bind(hash.as_slice())
+                .execute(&mut **tx)
+                .await?;
+                for c in &e.customer_ids {
+                    sqlx::query("INSERT INTO audit_event_customers (customer_id, seq) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                        .bind(*c)
+                        .bind(seq)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                head = hash.to_vec();
+            }
+            sqlx::query("UPDATE audit_head SET seq = $1, chain_hash = $2 WHERE id = 1")
+                .bind(seq)
+                .bind(&head)
+                .execute(&mut **tx)
+                .await?;
+            Ok($crate::store::AuditHead { seq, chain_hash: head })
+        }
+
+        fn event_from_row(row: &<$db as sqlx::Database>::Row) -> Result<$crate::audit::StoredEvent, $crate::store::StoreError> {
+            use sqlx::Row;
+            let ids_text: String = row.try_get("customer_ids")?;
+            let fields_text: String = row.try_get("fields")?;
+            let outcome: String = row.try_get("outcome")?;
+            let status: i32 = row.try_get("status")?;
+            let event = $crate::audit::AuditEvent {
+                time: row.try_get("time")?,
+                request_id: row.try_get("request_id")?,
+                principal: row.try_get("principal")?,
+                grant_id: row.try_get("grant_id")?,
+                action: row.try_get("action")?,
+                // Lenient here: verification hashes the stored texts, whatever they hold.
+                customer_ids: serde_json::from_str(&ids_text).unwrap_or_default(),
+                fields: serde_json::from_str(&fields_text).unwrap_or_default(),
+                purpose: row.try_get("purpose")?,
+                justification: row.try_get("justification")?,
+                query: row.try_get("query")?,
+                outcome: $crate::audit::Outcome::parse(&outcome).unwrap_or($crate::audit::Outcome::Failed),
+                status: u16::try_from(status).unwrap_or(0),
+                client: row.try_get("client")?,
+                user_agent: row.try_get("user_agent")?,
+            };
+            Ok($crate::audit::StoredEvent {
+                seq: row.try_get("seq")?,
+                event,
+                customer_ids_text: ids_text,
+                fields_text,
+                chain_hash: row.try_get("chain_hash")?,
+            })
+        }
+
+        fn alert_from_row(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::AlertRecord, sqlx::Error> {
+            use sqlx::Row;
+            Ok($crate::store::AlertRecord {
+                id: row.try_get("id")?,
+                principal: row.try_get("principal")?,
+                raised_at: row.try_get("raised_at")?,
+                distinct_customers: row.try_get("distinct_customers")?,
+                window_seconds: row.try_get("window_seconds")?,
+                cleared_at: row.try_get("cleared_at")?,
+                cleared_by: row.try_get("cleared_by")?,
+            })
+        }
+
         const GRANT_COLUMNS: &str =
             "id, principal, role, region, granted_by, parent_id, created_at, expires_at, revoked_at, revoked_by";
         const BUMP_EPOCH: &str = "UPDATE authz_epoch SET value = value + 1 WHERE id = 1";
@@ -120,7 +222,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn insert_customer(&self, r: &$crate::store::CustomerRecord) -> Result<(), $crate::store::StoreError> {
+            async fn insert_customer(&self, r: &$crate::store::CustomerRecord, audit: &$crate::audit::AuditEvent) -> Result<(), $crate::store::StoreError> {
                 let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
                 sqlx::query(
                     "INSERT INTO customers (id, region, kind, vip_level, status, version, kek_version, \
@@ -147,6 +249,7 @@ macro_rules! impl_store {
                         .await?;
                 }
                 insert_index_in(&mut tx, r.id, &r.index).await?;
+                append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -216,7 +319,7 @@ macro_rules! impl_store {
                 Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<_>, _>>()?)
             }
 
-            async fn update_customer(&self, u: &$crate::store::CustomerUpdate) -> Result<$crate::store::UpdateOutcome, $crate::store::StoreError> {
+            async fn update_customer(&self, u: &$crate::store::CustomerUpdate, audit: &$crate::audit::AuditEvent) -> Result<$crate::store::UpdateOutcome, $crate::store::StoreError> {
                 let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
                 let updated = sqlx::query(
                     "UPDATE customers SET version = $1, vip_level = $2, updated_at = $3 WHERE id = $4 AND version = $5",
@@ -253,6 +356,7 @@ macro_rules! impl_store {
                 }
                 sqlx::query("DELETE FROM blind_index WHERE customer_id = $1").bind(u.id).execute(&mut *tx).await?;
                 insert_index_in(&mut tx, u.id, &u.index).await?;
+                append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
                 tx.commit().await?;
                 Ok($crate::store::UpdateOutcome::Updated)
             }
@@ -281,7 +385,13 @@ macro_rules! impl_store {
                     .iter()
                     .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                     .collect::<Result<Vec<_>, sqlx::Error>>()?;
-                Ok($crate::store::AuthzState { epoch, grants, token_revocations })
+                let blocked = sqlx::query("SELECT DISTINCT principal FROM audit_alerts WHERE cleared_at IS NULL")
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<Vec<String>, sqlx::Error>>()?;
+                Ok($crate::store::AuthzState { epoch, grants, token_revocations, blocked })
             }
 
             async fn grant(&self, id: uuid::Uuid) -> Result<Option<$crate::store::GrantRecord>, $crate::store::StoreError> {
@@ -293,15 +403,16 @@ macro_rules! impl_store {
                 Ok(row.as_ref().map(grant_from_row).transpose()?)
             }
 
-            async fn insert_grant(&self, g: &$crate::store::GrantRecord) -> Result<(), $crate::store::StoreError> {
+            async fn insert_grant(&self, g: &$crate::store::GrantRecord, audit: &$crate::audit::AuditEvent) -> Result<(), $crate::store::StoreError> {
                 let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
                 insert_grant_in(&mut tx, g).await?;
+                append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
                 sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(())
             }
 
-            async fn insert_bootstrap_grant(&self, g: &$crate::store::GrantRecord) -> Result<$crate::store::BootstrapOutcome, $crate::store::StoreError> {
+            async fn insert_bootstrap_grant(&self, g: &$crate::store::GrantRecord, audit: &$crate::audit::AuditEvent) -> Result<$crate::store::BootstrapOutcome, $crate::store::StoreError> {
                 let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
                 let existing = sqlx::query("SELECT 1 FROM grants WHERE parent_id IS NULL AND revoked_at IS NULL")
                     .fetch_optional(&mut *tx)
@@ -317,6 +428,7 @@ macro_rules! impl_store {
                     }
                     Err(e) => return Err(e.into()),
                 }
+                append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
                 sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
                 match tx.commit().await {
                     Ok(()) => Ok($crate::store::BootstrapOutcome::Created),
@@ -325,7 +437,7 @@ macro_rules! impl_store {
                 }
             }
 
-            async fn revoke_grant(&self, id: uuid::Uuid, by: &str, at: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::StoreError> {
+            async fn revoke_grant(&self, id: uuid::Uuid, by: &str, at: chrono::DateTime<chrono::Utc>, audit: &$crate::audit::AuditEvent) -> Result<bool, $crate::store::StoreError> {
                 let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
                 let n = sqlx::query("UPDATE grants SET revoked_at = $1, revoked_by = $2 WHERE id = $3 AND revoked_at IS NULL")
                     .bind(at)
@@ -334,6 +446,7 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
                 sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(n > 0)
@@ -357,7 +470,7 @@ macro_rules! impl_store {
                 Ok(rows.iter().map(grant_from_row).collect::<Result<Vec<_>, _>>()?)
             }
 
-            async fn revoke_tokens(&self, principal: &str, not_before: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::StoreError> {
+            async fn revoke_tokens(&self, principal: &str, not_before: chrono::DateTime<chrono::Utc>, audit: &$crate::audit::AuditEvent) -> Result<(), $crate::store::StoreError> {
                 let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
                 sqlx::query(
                     "INSERT INTO token_revocations (principal, not_before) VALUES ($1, $2) \
@@ -367,9 +480,157 @@ macro_rules! impl_store {
                 .bind(not_before)
                 .execute(&mut *tx)
                 .await?;
+                append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
                 sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn append_audit(&self, events: &[$crate::audit::AuditEvent]) -> Result<$crate::store::AuditHead, $crate::store::StoreError> {
+                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
+                let head = append_events_in(&mut tx, events).await?;
+                tx.commit().await?;
+                Ok(head)
+            }
+
+            async fn audit_head(&self) -> Result<$crate::store::AuditHead, $crate::store::StoreError> {
+                use sqlx::Row;
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let row = sqlx::query("SELECT seq, chain_hash FROM audit_head WHERE id = 1").fetch_one(&mut *conn).await?;
+                Ok($crate::store::AuditHead { seq: row.try_get(0)?, chain_hash: row.try_get(1)? })
+            }
+
+            async fn insert_checkpoint(&self, cp: &$crate::audit::Checkpoint) -> Result<(), $crate::store::StoreError> {
+                let mut conn = self.write.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                sqlx::query(
+                    "INSERT INTO audit_checkpoints (seq, chain_hash, time, key_id, signature) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (seq) DO NOTHING",
+                )
+                .bind(cp.seq)
+                .bind(&cp.chain_hash)
+                .bind(cp.time)
+                .bind(&cp.key_id)
+                .bind(&cp.signature)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+
+            async fn checkpoints(&self) -> Result<Vec<$crate::audit::Checkpoint>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let rows = sqlx::query("SELECT seq, chain_hash, time, key_id, signature FROM audit_checkpoints ORDER BY seq")
+                    .fetch_all(&mut *conn)
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| {
+                        Ok($crate::audit::Checkpoint {
+                            seq: r.try_get(0)?,
+                            chain_hash: r.try_get(1)?,
+                            time: r.try_get(2)?,
+                            key_id: r.try_get(3)?,
+                            signature: r.try_get(4)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?)
+            }
+
+            async fn audit_events_after(&self, after_seq: i64, limit: u32) -> Result<Vec<$crate::audit::StoredEvent>, $crate::store::StoreError> {
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"))
+                    .bind(after_seq)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                rows.iter().map(event_from_row).collect()
+            }
+
+            async fn query_audit(&self, q: &$crate::store::AuditQuery) -> Result<Vec<$crate::audit::StoredEvent>, $crate::store::StoreError> {
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq > "));
+                qb.push_bind(q.after_seq);
+                if let Some(p) = &q.principal {
+                    qb.push(" AND principal = ");
+                    qb.push_bind(p.as_str());
+                }
+                if let Some(c) = q.customer {
+                    qb.push(" AND seq IN (SELECT seq FROM audit_event_customers WHERE customer_id = ");
+                    qb.push_bind(c);
+                    qb.push(")");
+                }
+                if let Some(a) = &q.action {
+                    qb.push(" AND action = ");
+                    qb.push_bind(a.as_str());
+                }
+                if let Some(o) = &q.outcome {
+                    qb.push(" AND outcome = ");
+                    qb.push_bind(o.as_str());
+                }
+                if let Some(from) = q.from {
+                    qb.push(" AND time >= ");
+                    qb.push_bind(from);
+                }
+                if let Some(to) = q.to {
+                    qb.push(" AND time < ");
+                    qb.push_bind(to);
+                }
+                qb.push(" ORDER BY seq LIMIT ");
+                qb.push_bind(i64::from(q.limit));
+                let rows = qb.build().fetch_all(&mut *conn).await?;
+                rows.iter().map(event_from_row).collect()
+            }
+
+            async fn insert_alert(&self, a: &$crate::store::AlertRecord, audit: &$crate::audit::AuditEvent) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
+                sqlx::query(
+                    "INSERT INTO audit_alerts (id, principal, raised_at, distinct_customers, window_seconds, cleared_at, cleared_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(a.id)
+                .bind(&a.principal)
+                .bind(a.raised_at)
+                .bind(a.distinct_customers)
+                .bind(a.window_seconds)
+                .bind(a.cleared_at)
+                .bind(&a.cleared_by)
+                .execute(&mut *tx)
+                .await?;
+                append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn clear_alert(&self, id: uuid::Uuid, by: &str, at: chrono::DateTime<chrono::Utc>, audit: &$crate::audit::AuditEvent) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
+                let n = sqlx::query("UPDATE audit_alerts SET cleared_at = $1, cleared_by = $2 WHERE id = $3 AND cleared_at IS NULL")
+                    .bind(at)
+                    .bind(by)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn alerts(&self, limit: u32) -> Result<Vec<$crate::store::AlertRecord>, $crate::store::StoreError> {
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let rows = sqlx::query(
+                    "SELECT id, principal, raised_at, distinct_customers, window_seconds, cleared_at, cleared_by \
+                     FROM audit_alerts ORDER BY raised_at DESC LIMIT $1",
+                )
+                .bind(i64::from(limit))
+                .fetch_all(&mut *conn)
+                .await?;
+                Ok(rows.iter().map(alert_from_row).collect::<Result<Vec<_>, _>>()?)
             }
         }
     };

@@ -116,7 +116,7 @@ impl Vault {
     }
 
     /// Loads a record the caller may act on, with the capability that allows it, or `NotFound`.
-    async fn load_for(
+    pub(super) async fn load_for(
         &self,
         caller: &Caller,
         action: Action,
@@ -124,8 +124,10 @@ impl Vault {
     ) -> Result<(CustomerRecord, Capability), VaultError> {
         // Capability first: a caller who may not do this at all learns nothing about the id.
         let capability = self.authz.capability(&caller.principal, action, caller.purpose())?;
+        caller.audit.add_customer(id);
         let record = self.store.customer(id).await?.ok_or(VaultError::NotFound)?;
-        capability.grant_for(&self.record_region(&record)?).ok_or(VaultError::NotFound)?;
+        let grant = capability.grant_for(&self.record_region(&record)?).ok_or(VaultError::NotFound)?;
+        caller.audit.set_grant(grant);
         Ok((record, capability))
     }
 
@@ -199,6 +201,7 @@ impl Vault {
     /// of the roles whose grants cover the record, limited to `only` when given.
     fn disclose(
         &self,
+        caller: &Caller,
         record: &CustomerRecord,
         capability: &Capability,
         only: Option<&[String]>,
@@ -219,11 +222,32 @@ impl Vault {
                 let Some(spec) = self.catalogue.get(&name) else { continue };
                 let view = views.get(&name);
                 if let Some(shown) = mask::apply(spec, value.expose(), view, self.regions) {
+                    caller.audit.add_field(&name, view.view.as_str());
                     fields.insert(name, Shown { value: FieldValue::new(shown), view: view.view });
                 }
             }
         }
         Ok(CustomerView { summary: summary(record), fields })
+    }
+
+    /// Discloses records after the bulk-access guard admitted them (raising an alert, and
+    /// refusing, when they would take the caller past the threshold).
+    async fn disclose_all(
+        &self,
+        caller: &Caller,
+        records: &[CustomerRecord],
+        capability: &Capability,
+        only: Option<&[String]>,
+    ) -> Result<Vec<CustomerView>, VaultError> {
+        let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+        for id in &ids {
+            caller.audit.add_customer(*id);
+        }
+        if let Err(count) = self.guard.admit(&caller.principal.sub, &ids) {
+            self.raise_bulk_alert(&caller.principal.sub, count).await?;
+            return Err(VaultError::BulkAccessBlocked);
+        }
+        records.iter().map(|r| self.disclose(caller, r, capability, only)).collect()
     }
 
     /// Checks a `fields` selection against the catalogue.
@@ -242,8 +266,10 @@ impl Vault {
         let capability = self.authz.capability(&caller.principal, Action::CreateCustomer, caller.purpose())?;
         let valid = draft.validate(&self.catalogue, self.regions)?;
         // Creating outside one's scope reveals nothing (no record exists yet): a plain refusal.
-        capability.grant_for(&valid.region).ok_or(Denied::RegionOutOfScope)?;
+        let grant = capability.grant_for(&valid.region).ok_or(Denied::RegionOutOfScope)?;
         let id = Uuid::now_v7();
+        caller.audit.add_customer(id);
+        caller.audit.set_grant(grant);
         let (key, wrapped_key) = self.keyring.generate_data_key(id).map_err(crypto_error)?;
         let now = Utc::now();
         let record = CustomerRecord {
@@ -259,7 +285,8 @@ impl Vault {
             fields: Self::seal_fields(&key, 1, &valid.fields)?,
             index: self.index_entries(&valid.fields),
         };
-        self.store.insert_customer(&record).await?;
+        self.store.insert_customer(&record, &caller.audit.closed(201)).await?;
+        caller.audit.mark_recorded();
         tracing::info!(customer_id = %id, region = %record.region, "customer created");
         Ok(summary(&record))
     }
@@ -274,7 +301,8 @@ impl Vault {
     ) -> Result<CustomerView, VaultError> {
         self.check_selection(only)?;
         let (record, capability) = self.load_for(caller, Action::ReadCustomer, id).await?;
-        self.disclose(&record, &capability, only)
+        let mut views = self.disclose_all(caller, std::slice::from_ref(&record), &capability, only).await?;
+        views.pop().ok_or(VaultError::NotFound)
     }
 
     /// Applies a change if the record is still at `expected_version`.
@@ -308,8 +336,8 @@ impl Vault {
             fields: Self::seal_fields(&key, version, &fields)?,
             index: self.index_entries(&fields),
         };
-        match self.store.update_customer(&update).await? {
-            UpdateOutcome::Updated => {}
+        match self.store.update_customer(&update, &caller.audit.closed(200)).await? {
+            UpdateOutcome::Updated => caller.audit.mark_recorded(),
             UpdateOutcome::NotFound => return Err(VaultError::NotFound),
             UpdateOutcome::VersionConflict => return Err(VaultError::VersionConflict),
         }
@@ -345,6 +373,13 @@ impl Vault {
                 self.index.digest(field, &normalised).ok_or(VaultError::UnsupportedQuery("field is not indexed"))?;
             matches.push((field.clone(), digest.to_vec()));
         }
+        // The audit keeps the search terms as their blind-index digests only.
+        let mut query = serde_json::Map::new();
+        let digests: serde_json::Map<String, serde_json::Value> = matches
+            .iter()
+            .map(|(f, d)| (f.clone(), d.iter().map(|b| format!("{b:02x}")).collect::<String>().into()))
+            .collect();
+        query.insert("match".into(), digests.into());
         let region = match req.region.as_deref() {
             None => None,
             Some(r) => Some(self.regions.parse(r).ok_or_else(|| invalid("region", Rule::UnknownRegion))?),
@@ -361,6 +396,16 @@ impl Vault {
         if limit == 0 || limit > MAX_PAGE {
             return Err(invalid("page_size", Rule::OutOfRange));
         }
+        for (k, v) in [
+            ("region", region.as_ref().map(|r| r.as_str())),
+            ("kind", kind.map(|k| k.as_str())),
+            ("status", status.map(|s| s.as_str())),
+        ] {
+            if let Some(v) = v {
+                query.insert(k.into(), v.into());
+            }
+        }
+        caller.audit.set_query(serde_json::Value::Object(query).to_string());
         let scopes = capability.scopes();
         let query =
             CustomerQuery { matches, scopes: scopes.clone(), region, kind, status, after: req.after, limit: limit + 1 };
@@ -372,7 +417,7 @@ impl Vault {
             None
         };
         let records = self.store.customers_by_ids(&ids, &scopes).await?;
-        let items = records.iter().map(|r| self.disclose(r, &capability, None)).collect::<Result<Vec<_>, _>>()?;
+        let items = self.disclose_all(caller, &records, &capability, None).await?;
         Ok(SearchPage { items, next_cursor })
     }
 
@@ -397,7 +442,7 @@ impl Vault {
             return Err(invalid("ids", Rule::OutOfRange));
         }
         let records = self.store.customers_by_ids(&unique, &capability.scopes()).await?;
-        let items = records.iter().map(|r| self.disclose(r, &capability, only)).collect::<Result<Vec<_>, _>>()?;
+        let items = self.disclose_all(caller, &records, &capability, only).await?;
         let not_found = unique.into_iter().filter(|id| !records.iter().any(|r| r.id == *id)).collect();
         Ok(Batch { items, not_found })
     }
@@ -420,17 +465,27 @@ impl Vault {
             return Err(invalid("fields", Rule::OutOfRange));
         }
         self.check_selection(Some(fields))?;
+        caller.audit.set_justification(justification);
+        caller.audit.add_customer(id);
         let record = self.store.customer(id).await?.ok_or(VaultError::NotFound)?;
         let region = self.record_region(&record)?;
-        capability.grant_for(&region).ok_or(VaultError::NotFound)?;
+        let grant = capability.grant_for(&region).ok_or(VaultError::NotFound)?;
+        caller.audit.set_grant(grant);
         if fields.iter().any(|f| !self.views.may_reveal(capability.roles_for(&region), f)) {
             return Err(Denied::RevealNotAllowed.into());
         }
         if !self.reveals.allow(&caller.principal.sub) {
             return Err(VaultError::RateLimited);
         }
+        if let Err(count) = self.guard.admit(&caller.principal.sub, &[id]) {
+            self.raise_bulk_alert(&caller.principal.sub, count).await?;
+            return Err(VaultError::BulkAccessBlocked);
+        }
         let key = self.data_key(&record)?;
         let out = self.open_fields(&record, &key, Some(fields))?;
+        for f in out.keys() {
+            caller.audit.add_field(f, "revealed");
+        }
         tracing::info!(customer_id = %id, fields = fields.len(), "fields revealed");
         Ok(out)
     }

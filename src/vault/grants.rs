@@ -67,7 +67,9 @@ impl Vault {
             revoked_at: None,
             revoked_by: None,
         };
-        self.store.insert_grant(&record).await?;
+        caller.audit.set_grant(delegation.parent);
+        self.store.insert_grant(&record, &caller.audit.closed(201)).await?;
+        caller.audit.mark_recorded();
         self.refresh_grants().await;
         tracing::info!(grant_id = %record.id, role = %record.role, region = %record.region, "grant created");
         Ok(self.view(record))
@@ -101,8 +103,10 @@ impl Vault {
         let capability = self.authz.capability(&caller.principal, Action::RevokeGrant, None)?;
         let record = self.store.grant(id).await?.ok_or(VaultError::NotFound)?;
         let region = self.regions.parse(&record.region).ok_or(VaultError::NotFound)?;
-        capability.grant_for(&region).ok_or(VaultError::NotFound)?;
-        self.store.revoke_grant(id, &caller.principal.sub, Utc::now()).await?;
+        let by = capability.grant_for(&region).ok_or(VaultError::NotFound)?;
+        caller.audit.set_grant(by);
+        self.store.revoke_grant(id, &caller.principal.sub, Utc::now(), &caller.audit.closed(200)).await?;
+        caller.audit.mark_recorded();
         self.refresh_grants().await;
         tracing::info!(grant_id = %id, "grant revoked");
         let record = self.store.grant(id).await?.ok_or(VaultError::NotFound)?;
@@ -125,7 +129,8 @@ impl Vault {
         if outside {
             return Err(Denied::RegionOutOfScope.into());
         }
-        self.store.revoke_tokens(sub, now).await?;
+        self.store.revoke_tokens(sub, now, &caller.audit.closed(200)).await?;
+        caller.audit.mark_recorded();
         self.refresh_grants().await;
         tracing::info!("tokens revoked for a principal");
         Ok(now)
@@ -151,7 +156,9 @@ impl Vault {
             revoked_at: None,
             revoked_by: None,
         };
-        match self.store.insert_bootstrap_grant(&record).await? {
+        let audit = crate::audit::AuditHandle::detached("grant.bootstrap");
+        audit.set_principal(BOOTSTRAP_GRANTOR);
+        match self.store.insert_bootstrap_grant(&record, &audit.closed(201)).await? {
             BootstrapOutcome::Created => {
                 self.refresh_grants().await;
                 Ok(Some(record))

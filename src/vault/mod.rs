@@ -4,12 +4,15 @@
 //! It takes domain inputs and returns domain outputs; it knows nothing about HTTP and writes
 //! no SQL. Plaintext leaves it only inside [`FieldValue`]s.
 
+mod audit;
 mod customers;
 mod grants;
 pub mod limits;
 
 use std::sync::Arc;
 
+use crate::audit::guard::{BulkGuard, GuardPolicy};
+use crate::audit::{AuditHandle, CheckpointVerifier};
 use crate::auth::Principal;
 use crate::authz::{Authorizer, Denied, GrantCache, Policy};
 use crate::crypto::{BlindIndex, CryptoError, Keyring};
@@ -18,7 +21,13 @@ use crate::mask::ViewPolicy;
 use crate::store::{Store, StoreError};
 use limits::RateLimiter;
 
+pub use audit::{AccessLogEntry, AuditPage};
 pub use customers::{valid_justification, Batch, CustomerSummary, CustomerView, SearchPage, SearchRequest, Shown};
+
+/// The largest page of audit events.
+pub fn audit_max_page() -> u32 {
+    audit::MAX_PAGE
+}
 pub use grants::{GrantPage, GrantView};
 
 /// Errors of the use cases.
@@ -39,6 +48,11 @@ pub enum VaultError {
     UnsupportedQuery(&'static str),
     #[error("rate limit exceeded")]
     RateLimited,
+    /// The principal passed the bulk-access threshold: blocked until a security officer clears it.
+    #[error("bulk access blocked")]
+    BulkAccessBlocked,
+    #[error("audit unavailable")]
+    AuditUnavailable,
     /// A stored ciphertext failed authentication: tampering, or a ciphertext moved.
     #[error("integrity check failed")]
     Integrity,
@@ -54,16 +68,18 @@ impl From<Denied> for VaultError {
     fn from(d: Denied) -> Self {
         match d {
             Denied::OutOfScope => VaultError::NotFound,
+            Denied::Blocked => VaultError::BulkAccessBlocked,
             other => VaultError::Denied(other),
         }
     }
 }
 
-/// Who is asking, and for which stated purpose (`X-Purpose`).
+/// Who is asking, for which stated purpose (`X-Purpose`), and the audit event of the request.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub principal: Principal,
     pub purpose: Option<String>,
+    pub audit: AuditHandle,
 }
 
 impl Caller {
@@ -77,11 +93,16 @@ impl Caller {
 pub struct VaultOptions {
     /// Reveals allowed per principal per hour.
     pub reveals_per_hour: u32,
+    /// Bulk-access guard.
+    pub guard: GuardPolicy,
 }
 
 impl Default for VaultOptions {
     fn default() -> Self {
-        VaultOptions { reveals_per_hour: 20 }
+        VaultOptions {
+            reveals_per_hour: 20,
+            guard: GuardPolicy { threshold: 500, window: std::time::Duration::from_secs(3600) },
+        }
     }
 }
 
@@ -95,6 +116,8 @@ pub struct Vault {
     views: Arc<ViewPolicy>,
     index: BlindIndex,
     reveals: RateLimiter,
+    guard: BulkGuard,
+    verifier: Option<CheckpointVerifier>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -112,6 +135,7 @@ impl Vault {
         regions: &'static Regions,
         policy: Arc<Policy>,
         views: Arc<ViewPolicy>,
+        verifier: Option<CheckpointVerifier>,
         options: VaultOptions,
     ) -> Result<Self, VaultError> {
         let index = BlindIndex::new(&keyring, catalogue.fields().filter(|f| f.searchable).map(|f| f.name.as_str()))
@@ -126,6 +150,8 @@ impl Vault {
             views,
             index,
             reveals: RateLimiter::new(options.reveals_per_hour, std::time::Duration::from_secs(3600)),
+            guard: BulkGuard::new(options.guard),
+            verifier,
         })
     }
 

@@ -218,9 +218,10 @@ async fn readiness_fails_when_the_database_refuses_connections() {
     assert_eq!(r.status(), 503);
     let id = "01900000-0000-7000-8000-000000000000";
     let r = h.get(&format!("/v1/customers/{id}"), "alice").send().await.unwrap();
+    // The request cannot even be audited: refused, nothing served.
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["code"], "unavailable");
+    assert_eq!(v["code"], "audit_unavailable");
     sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).execute(&mut admin).await.unwrap();
 }
 

@@ -1,0 +1,120 @@
+//! The audit event and its canonical encoding.
+//!
+//! An event records who did what to which customers, how (fields and views), why (purpose,
+//! justification), with what result, and from where. It never holds PII: customers are ids,
+//! fields are names, search terms are blind-index digests.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Allowed,
+    Denied,
+    NotFound,
+    Invalid,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::NotFound => "not_found",
+            Outcome::Invalid => "invalid",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        [Outcome::Allowed, Outcome::Denied, Outcome::NotFound, Outcome::Invalid, Outcome::Failed]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+
+    /// The outcome an HTTP status stands for.
+    pub fn from_status(status: u16) -> Outcome {
+        match status {
+            200..=399 => Outcome::Allowed,
+            401 | 403 | 429 => Outcome::Denied,
+            404 => Outcome::NotFound,
+            400..=499 => Outcome::Invalid,
+            _ => Outcome::Failed,
+        }
+    }
+}
+
+/// One audit event, before it has a place in the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Truncated to microseconds (what both databases keep).
+    pub time: DateTime<Utc>,
+    pub request_id: String,
+    pub principal: Option<String>,
+    /// The grant that allowed the request.
+    pub grant_id: Option<Uuid>,
+    pub action: String,
+    pub customer_ids: Vec<Uuid>,
+    /// (field, view) pairs disclosed.
+    pub fields: Vec<(String, String)>,
+    pub purpose: Option<String>,
+    pub justification: Option<String>,
+    /// Search terms as blind-index digests and filters, canonical JSON.
+    pub query: Option<String>,
+    pub outcome: Outcome,
+    pub status: u16,
+    pub client: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl AuditEvent {
+    /// A new event at the current time.
+    pub fn now(request_id: String, action: &str) -> Self {
+        AuditEvent {
+            time: Utc::now().trunc_subsecs(6),
+            request_id,
+            principal: None,
+            grant_id: None,
+            action: action.to_owned(),
+            customer_ids: Vec::new(),
+            fields: Vec::new(),
+            purpose: None,
+            justification: None,
+            query: None,
+            outcome: Outcome::Allowed,
+            status: 200,
+            client: None,
+            user_agent: None,
+        }
+    }
+
+    /// The customer ids as stored (a JSON array, canonical).
+    pub fn customer_ids_text(&self) -> String {
+        serde_json::to_string(&self.customer_ids).unwrap_or_else(|_| "[]".into())
+    }
+
+    /// The fields as stored (a JSON array of [field, view], canonical).
+    pub fn fields_text(&self) -> String {
+        serde_json::to_string(&self.fields).unwrap_or_else(|_| "[]".into())
+    }
+}
+
+/// The canonical time format of events and checkpoints.
+pub fn time_text(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// An event as stored: its place in the chain and the chain head after it.
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub event: AuditEvent,
+    /// The stored texts the hash covers (kept verbatim so verification hashes what is stored).
+    pub customer_ids_text: String,
+    pub fields_text: String,
+    pub chain_hash: Vec<u8>,
+}

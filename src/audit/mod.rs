@@ -1,0 +1,120 @@
+//! The access audit: one tamper-evident event per request, committed before any data leaves.
+//!
+//! - [`event`]: what an event holds (ids, field names and views, digests — never PII);
+//! - [`chain`]: the SHA-256 hash chain with leaf/node domain separation;
+//! - [`checkpoint`]: Ed25519-signed checkpoints of the chain head;
+//! - [`writer`]: the group-commit writer that the HTTP layer awaits before answering;
+//! - [`verify`]: recomputing the chain and checking every checkpoint;
+//! - [`guard`]: the bulk-access guard.
+//!
+//! This module never updates or deletes an event.
+
+pub mod chain;
+pub mod checkpoint;
+pub mod event;
+pub mod guard;
+pub mod verify;
+pub mod writer;
+
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+pub use checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier};
+pub use event::{AuditEvent, Outcome, StoredEvent};
+pub use verify::VerifyReport;
+pub use writer::{AuditError, AuditLog};
+
+/// The event of the request being served, filled in as the request goes: the HTTP layer
+/// opens it, the use cases add what they disclose, and the HTTP layer closes and writes it —
+/// unless a write already committed it with its data.
+#[derive(Clone, Debug)]
+pub struct AuditHandle(Arc<Mutex<Draft>>);
+
+#[derive(Debug)]
+struct Draft {
+    event: AuditEvent,
+    recorded: bool,
+}
+
+impl AuditHandle {
+    pub fn new(event: AuditEvent) -> Self {
+        AuditHandle(Arc::new(Mutex::new(Draft { event, recorded: false })))
+    }
+
+    /// A handle for work outside any request (command line).
+    pub fn detached(action: &str) -> Self {
+        Self::new(AuditEvent::now(format!("cli-{}", Uuid::now_v7()), action))
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Draft) -> R) -> R {
+        match self.0.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    pub fn set_principal(&self, principal: &str) {
+        self.with(|d| d.event.principal = Some(principal.to_owned()));
+    }
+
+    pub fn set_purpose(&self, purpose: &str) {
+        self.with(|d| d.event.purpose = Some(purpose.to_owned()));
+    }
+
+    pub fn set_grant(&self, grant: Uuid) {
+        self.with(|d| d.event.grant_id = Some(grant));
+    }
+
+    pub fn set_justification(&self, justification: &str) {
+        self.with(|d| d.event.justification = Some(justification.to_owned()));
+    }
+
+    pub fn set_query(&self, query: String) {
+        self.with(|d| d.event.query = Some(query));
+    }
+
+    pub fn add_customer(&self, id: Uuid) {
+        self.with(|d| {
+            if !d.event.customer_ids.contains(&id) {
+                d.event.customer_ids.push(id);
+            }
+        });
+    }
+
+    /// Records that `field` was disclosed under `view` (`plain`, `masked`, `revealed`).
+    pub fn add_field(&self, field: &str, view: &str) {
+        self.with(|d| {
+            if !d.event.fields.iter().any(|(f, v)| f == field && v == view) {
+                d.event.fields.push((field.to_owned(), view.to_owned()));
+            }
+        });
+    }
+
+    /// Clears what was recorded as disclosed (the request ended without disclosing it).
+    pub fn clear_disclosure(&self) {
+        self.with(|d| d.event.fields.clear());
+    }
+
+    /// The event as it stands, closed with `status`.
+    pub fn closed(&self, status: u16) -> AuditEvent {
+        self.with(|d| {
+            let mut e = d.event.clone();
+            e.status = status;
+            e.outcome = Outcome::from_status(status);
+            if e.outcome != Outcome::Allowed {
+                e.fields.clear();
+            }
+            e
+        })
+    }
+
+    /// Marks the event written (with the data it concerns, in one transaction).
+    pub fn mark_recorded(&self) {
+        self.with(|d| d.recorded = true);
+    }
+
+    pub fn is_recorded(&self) -> bool {
+        self.with(|d| d.recorded)
+    }
+}
