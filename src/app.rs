@@ -24,7 +24,7 @@ use crate::domain::{Catalogue, Regions};
 use crate::mask::views::ViewError;
 use crate::mask::ViewPolicy;
 use crate::store::{self, StoreError, StoreOptions};
-use crate::vault::{Vault, VaultError, VaultOptions};
+use crate::vault::{Vault, VaultError, VaultOptions, VaultParts};
 
 /// Why the vault could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,16 +100,16 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
             interval: Duration::from_millis(config.audit.checkpoint_interval_ms),
         },
     );
-    let vault = Vault::open(
+    let vault = Vault::open(VaultParts {
         store,
-        Arc::new(keyring),
-        Arc::new(catalogue),
-        Regions::builtin(),
-        Arc::new(policy),
-        Arc::new(views),
-        Some(verifier),
+        keyring: Arc::new(keyring),
+        catalogue: Arc::new(catalogue),
+        regions: Regions::builtin(),
+        policy: Arc::new(policy),
+        views: Arc::new(views),
+        verifier: Some(verifier),
         options,
-    )
+    })
     .await?;
     let state = AppState { vault: Arc::new(vault), authenticator: Arc::new(authenticator), audit };
     let limits = Limits {

@@ -106,6 +106,19 @@ impl Default for VaultOptions {
     }
 }
 
+/// What a vault is assembled from.
+pub struct VaultParts {
+    pub store: Arc<dyn Store>,
+    pub keyring: Arc<Keyring>,
+    pub catalogue: Arc<Catalogue>,
+    pub regions: &'static Regions,
+    pub policy: Arc<Policy>,
+    pub views: Arc<ViewPolicy>,
+    /// The pinned checkpoint key; without it audit verification is unavailable.
+    pub verifier: Option<CheckpointVerifier>,
+    pub options: VaultOptions,
+}
+
 /// The vault.
 pub struct Vault {
     store: Arc<dyn Store>,
@@ -128,16 +141,8 @@ impl std::fmt::Debug for Vault {
 
 impl Vault {
     /// Assembles the vault and loads the authorization state.
-    pub async fn open(
-        store: Arc<dyn Store>,
-        keyring: Arc<Keyring>,
-        catalogue: Arc<Catalogue>,
-        regions: &'static Regions,
-        policy: Arc<Policy>,
-        views: Arc<ViewPolicy>,
-        verifier: Option<CheckpointVerifier>,
-        options: VaultOptions,
-    ) -> Result<Self, VaultError> {
+    pub async fn open(parts: VaultParts) -> Result<Self, VaultError> {
+        let VaultParts { store, keyring, catalogue, regions, policy, views, verifier, options } = parts;
         let index = BlindIndex::new(&keyring, catalogue.fields().filter(|f| f.searchable).map(|f| f.name.as_str()))
             .map_err(VaultError::Crypto)?;
         let grants = GrantCache::load(store.clone(), regions).await?;
