@@ -233,6 +233,82 @@ impl Harness {
         }
     }
 
+    /// The audit rows of one request: (action, outcome, status, principal, fields).
+    pub async fn audit_rows(&self, request_id: &str) -> Vec<(String, String, i64, Option<String>, String)> {
+        use sqlx::{Connection, Row};
+        let sql =
+            "SELECT action, outcome, status, principal, fields FROM audit_events WHERE request_id = $1 ORDER BY seq";
+        macro_rules! fetch {
+            ($c:expr) => {
+                sqlx::query(sql)
+                    .bind(request_id)
+                    .fetch_all(&mut $c)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), i64::from(r.get::<i32, _>(2)), r.get(3), r.get(4)))
+                    .collect()
+            };
+        }
+        match &self.db {
+            Db::Sqlite { path, .. } => {
+                let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+                fetch!(c)
+            }
+            Db::Postgres { url, .. } => {
+                let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+                fetch!(c)
+            }
+        }
+    }
+
+    /// One integer from the database.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        use sqlx::{Connection, Row};
+        match &self.db {
+            Db::Sqlite { path, .. } => {
+                let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+                sqlx::query(sql).fetch_one(&mut c).await.unwrap().get::<i64, _>(0)
+            }
+            Db::Postgres { url, .. } => {
+                let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query(sql).fetch_one(&mut c).await.unwrap().get::<i64, _>(0)
+            }
+        }
+    }
+
+    /// Runs statements as a database owner would, with the audit's append-only triggers out
+    /// of the way (the attacker this simulates has full database access).
+    pub async fn sql_as_owner(&self, statements: &[&str]) {
+        let (off, on): (Vec<String>, Vec<String>) = match &self.db {
+            Db::Sqlite { .. } => (
+                [
+                    "audit_events_no_update",
+                    "audit_events_no_delete",
+                    "audit_checkpoints_no_update",
+                    "audit_checkpoints_no_delete",
+                ]
+                .iter()
+                .map(|t| format!("DROP TRIGGER IF EXISTS {t}"))
+                .collect(),
+                vec![],
+            ),
+            Db::Postgres { .. } => (
+                vec![
+                    "ALTER TABLE audit_events DISABLE TRIGGER USER".into(),
+                    "ALTER TABLE audit_checkpoints DISABLE TRIGGER USER".into(),
+                ],
+                vec![
+                    "ALTER TABLE audit_events ENABLE TRIGGER USER".into(),
+                    "ALTER TABLE audit_checkpoints ENABLE TRIGGER USER".into(),
+                ],
+            ),
+        };
+        for s in off.iter().map(String::as_str).chain(statements.iter().copied()).chain(on.iter().map(String::as_str)) {
+            self.sql(s, &[]).await;
+        }
+    }
+
     /// Reads one sealed field straight from the database.
     pub async fn sealed(&self, id: Uuid, field: &str) -> Vec<u8> {
         use sqlx::{Connection, Row};

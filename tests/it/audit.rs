@@ -1,0 +1,283 @@
+//! The access audit as an attacker tries to evade or alter it (threats §7, §9): every request
+//! leaves exactly one event whatever its outcome; edits, deletions, insertions, reorderings and
+//! truncations by SQL are named by verification with the first bad sequence number; an
+//! unwritable audit store serves nothing; a concurrent load leaves a chain that verifies; a
+//! principal walking a province is stopped.
+
+use std::process::Command;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::support::*;
+
+const SO: &str = "sec.officer";
+
+async fn verify(h: &Harness) -> Value {
+    let r = h.client.get(h.url("/v1/audit/verify")).bearer_auth(mint(SO)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+fn cli_verify(h: &Harness) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .current_dir(ROOT)
+        .args(["audit", "verify", "--public-key", "keys-example/audit-ed25519.pub.pem", "--database-url", &h.db.url()])
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A vault checkpointing every 10 events, with a security officer and some traffic.
+async fn with_traffic(db: Db) -> Harness {
+    let h = Harness::start_with(db, |c| c.audit.checkpoint_every = 10).await;
+    h.grant(SO, "security_officer", "CN").await;
+    for _ in 0..12 {
+        let id = h.create(individual("3201")).await;
+        assert_eq!(h.get(&format!("/v1/customers/{id}"), ALICE).send().await.unwrap().status(), 200);
+    }
+    h
+}
+
+async fn request(
+    h: &Harness,
+    method: Method,
+    path: &str,
+    who: Option<&str>,
+    purpose: Option<&str>,
+    body: Option<Value>,
+) -> (String, u16) {
+    let rid = format!("t-{}", Uuid::new_v4().simple());
+    let mut req =
+        h.client.request(method, h.url(path)).header("x-request-id", &rid).header("user-agent", "audit-test/1.0");
+    if let Some(w) = who {
+        req = req.bearer_auth(mint(w));
+    }
+    if let Some(p) = purpose {
+        req = req.header("X-Purpose", p);
+    }
+    if let Some(b) = body {
+        req = req.header("If-Match", "\"1\"").json(&b);
+    }
+    let status = req.send().await.unwrap().status().as_u16();
+    (rid, status)
+}
+
+on_both! {
+    async fn every_request_leaves_exactly_one_event(h) {
+        h.grant(SO, "security_officer", "CN").await;
+        h.grant("ag", "agent", "32").await;
+        h.grant("ro", "risk_officer", "32").await;
+        let js = h.create(individual("3201")).await;
+        let gd = h.create(individual("4401")).await;
+        let p = |id: Uuid| format!("/v1/customers/{id}");
+        let cases: Vec<(Method, String, Option<&str>, Option<&str>, Option<Value>, u16, &str, &str)> = vec![
+            (Method::GET, p(js), Some(ALICE), Some(PURPOSE), None, 200, "customer.read", "allowed"),
+            (Method::GET, p(js), None, Some(PURPOSE), None, 401, "customer.read", "denied"),
+            (Method::GET, p(js), Some("ag"), None, None, 403, "customer.read", "denied"),
+            (Method::GET, p(gd), Some("ag"), Some(PURPOSE), None, 404, "customer.read", "not_found"),
+            (Method::GET, "/v1/customers/not-an-id".into(), Some(ALICE), Some(PURPOSE), None, 404, "customer.read", "not_found"),
+            (Method::POST, "/v1/customers".into(), Some(ALICE), Some(PURPOSE), Some(json!({"region": "3201"})), 400, "customer.create", "invalid"),
+            (Method::POST, "/v1/customers".into(), Some(ALICE), Some(PURPOSE), Some(json!({"region": "32", "kind": "individual", "fields": {}})), 422, "customer.create", "invalid"),
+            (Method::POST, "/v1/customers".into(), Some(ALICE), Some(PURPOSE), Some(individual("3201")), 201, "customer.create", "allowed"),
+            (Method::PATCH, p(js), Some(ALICE), Some(PURPOSE), Some(json!({"vip_level": 3})), 200, "customer.update", "allowed"),
+            (Method::PATCH, p(js), Some(ALICE), Some(PURPOSE), Some(json!({"vip_level": 4})), 412, "customer.update", "invalid"),
+            (Method::POST, "/v1/customers/search".into(), Some("ag"), Some(PURPOSE), Some(json!({"match": {"mobile": "13812345678"}})), 200, "customer.search", "allowed"),
+            (Method::POST, "/v1/customers/search".into(), Some("ag"), Some(PURPOSE), Some(json!({"match": {"mobile": "138*"}})), 400, "customer.search", "invalid"),
+            (Method::POST, "/v1/customers/batch-get".into(), Some("ag"), Some(PURPOSE), Some(json!({"ids": [js]})), 403, "customer.batch_get", "denied"),
+            (Method::POST, format!("{}/reveal", p(js)), Some("ro"), Some("fraud_investigation"), Some(json!({"fields": ["mobile"], "justification": "CASE-1"})), 200, "customer.reveal", "allowed"),
+            (Method::POST, "/v1/grants".into(), Some(ROOT_ADMIN), None, Some(json!({"principal": "new.agent", "role": "agent", "region": "32", "expires_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()})), 201, "grant.create", "allowed"),
+            (Method::POST, "/v1/grants".into(), Some(SO), None, Some(json!({"principal": "x", "role": "agent", "region": "32", "expires_at": "2030-01-01T00:00:00Z"})), 403, "grant.create", "denied"),
+            (Method::GET, "/v1/grants".into(), Some(ROOT_ADMIN), None, None, 200, "grant.list", "allowed"),
+            (Method::POST, "/v1/principals/ag/revoke-tokens".into(), Some(ROOT_ADMIN), None, None, 200, "principal.revoke_tokens", "allowed"),
+            (Method::GET, "/v1/audit/events".into(), Some(SO), None, None, 200, "audit.read", "allowed"),
+            (Method::GET, "/v1/audit/events".into(), Some(ALICE), None, None, 403, "audit.read", "denied"),
+            (Method::GET, "/v1/audit/alerts".into(), Some(SO), None, None, 200, "audit.alerts", "allowed"),
+            (Method::GET, "/v1/nowhere".into(), Some(ALICE), None, None, 404, "unknown", "not_found"),
+            (Method::DELETE, "/v1/customers".into(), Some(ALICE), None, None, 405, "unknown", "invalid"),
+        ];
+        for (method, path, who, purpose, body, status, action, outcome) in cases {
+            let label = format!("{method} {path} as {who:?}");
+            let (rid, got) = request(&h, method, &path, who, purpose, body).await;
+            assert_eq!(got, status, "{label}");
+            let rows = h.audit_rows(&rid).await;
+            assert_eq!(rows.len(), 1, "{label}: exactly one event, got {rows:?}");
+            let (a, o, s, principal, fields) = &rows[0];
+            assert_eq!((a.as_str(), o.as_str(), *s), (action, outcome, i64::from(status)), "{label}");
+            // An unauthenticated request, or one no route took (its token is never verified),
+            // has no principal: the audit records only identities it has checked.
+            let authenticated = status != 401 && action != "unknown";
+            assert_eq!(principal.as_deref(), if authenticated { who } else { None }, "{label}");
+            if action == "customer.read" && status == 200 {
+                assert!(fields.contains("[\"mobile\",\"plain\"]") && fields.contains("[\"resident_id\",\"masked\"]"), "{fields}");
+            }
+            if action == "customer.reveal" {
+                assert_eq!(fields, "[[\"mobile\",\"revealed\"]]");
+            }
+            if outcome != "allowed" {
+                assert_eq!(fields, "[]", "{label}: nothing disclosed");
+            }
+        }
+        // The chain of all that verifies.
+        let report = verify(&h).await;
+        assert_eq!(report["ok"], true, "{report}");
+    }
+
+    async fn events_carry_context_but_no_pii(h) {
+        h.grant(SO, "security_officer", "CN").await;
+        let mut canary = individual("3201");
+        canary["fields"]["name"] = json!("审计金丝雀");
+        canary["fields"]["mobile"] = json!("19987654321");
+        let id = h.create(canary).await;
+        let (rid, _) = request(&h, Method::GET, &format!("/v1/customers/{id}"), Some(ALICE), Some(PURPOSE), None).await;
+        request(&h, Method::POST, "/v1/customers/search", Some(ALICE), Some(PURPOSE), Some(json!({"match": {"mobile": "19987654321"}}))).await;
+        let r = h.client.get(h.url(&format!("/v1/audit/events?customer={id}&action=customer.read"))).bearer_auth(mint(SO)).send().await.unwrap();
+        let page: Value = r.json().await.unwrap();
+        let e = &page["items"][0];
+        assert_eq!(e["request_id"], rid);
+        assert_eq!(e["principal"], ALICE);
+        assert_eq!(e["purpose"], PURPOSE);
+        assert_eq!(e["customer_ids"], json!([id]));
+        assert!(e["grant_id"].is_string());
+        assert_eq!(e["client"], "127.0.0.1");
+        assert_eq!(e["user_agent"], "audit-test/1.0");
+        // Searches are recorded by digest; nothing in the audit tables is PII.
+        let r = h.client.get(h.url("/v1/audit/events?action=customer.search")).bearer_auth(mint(SO)).send().await.unwrap();
+        let page: Value = r.json().await.unwrap();
+        assert!(page["items"][0]["query"].as_str().unwrap().contains("\"mobile\":\""));
+        let text = page.to_string();
+        assert!(!text.contains("19987654321"));
+        let dump = h.raw_dump().await;
+        for c in ["审计金丝雀", "19987654321"] {
+            assert!(!contains(&dump, c.as_bytes()), "{c} at rest");
+        }
+        // Filters and the NDJSON export.
+        let r = h.client.get(h.url(&format!("/v1/audit/events?principal={ALICE}&outcome=allowed"))).bearer_auth(mint(SO)).send().await.unwrap();
+        let page: Value = r.json().await.unwrap();
+        assert!(page["items"].as_array().unwrap().iter().all(|e| e["principal"] == ALICE && e["outcome"] == "allowed"));
+        let r = h.client.get(h.url("/v1/audit/events")).bearer_auth(mint(SO)).header("accept", "application/x-ndjson").send().await.unwrap();
+        assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+        let body = r.text().await.unwrap();
+        let lines: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(lines.len() >= 4);
+        assert!(lines.windows(2).all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()));
+    }
+
+    async fn append_only_is_enforced_by_the_database(h) {
+        h.create(individual("3201")).await;
+        for stmt in ["UPDATE audit_events SET principal = 'x' WHERE seq = 1", "DELETE FROM audit_events WHERE seq = 1"] {
+            let result = match &h.db {
+                Db::Sqlite { path, .. } => {
+                    use sqlx::Connection;
+                    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+                    sqlx::query(stmt).execute(&mut c).await.map(|_| ())
+                }
+                Db::Postgres { url, .. } => {
+                    use sqlx::Connection;
+                    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+                    sqlx::query(stmt).execute(&mut c).await.map(|_| ())
+                }
+            };
+            assert!(result.is_err(), "{stmt} was allowed");
+        }
+    }
+}
+
+/// Each tampering, done by SQL with full database access, named with the first bad sequence
+/// number by the API and by the command line.
+async fn tampering(db_maker: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Db>>>>) {
+    // Untouched, the audit verifies, through the API and the command line.
+    let Some(db) = db_maker().await else { return };
+    let h = with_traffic(db).await;
+    let report = verify(&h).await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(report["checkpoints"].as_i64().unwrap() >= 2, "{report}");
+    let (ok, out) = cli_verify(&h);
+    assert!(ok, "{out}");
+    type Case = (&'static str, Vec<&'static str>, i64);
+    let cases: Vec<Case> = vec![
+        ("edit", vec!["UPDATE audit_events SET principal = 'someone-else' WHERE seq = 5"], 5),
+        ("delete", vec!["DELETE FROM audit_events WHERE seq = 7"], 7),
+        (
+            "reorder",
+            vec![
+                "UPDATE audit_events SET seq = -3 WHERE seq = 3",
+                "UPDATE audit_events SET seq = 3 WHERE seq = 4",
+                "UPDATE audit_events SET seq = 4 WHERE seq = -3",
+            ],
+            3,
+        ),
+        (
+            "truncate",
+            vec!["DELETE FROM audit_events WHERE seq > 15", "DELETE FROM audit_event_customers WHERE seq > 15"],
+            16,
+        ),
+        (
+            "edit a checkpoint",
+            vec!["UPDATE audit_checkpoints SET seq = seq + 1 WHERE seq = (SELECT min(seq) FROM audit_checkpoints)"],
+            1,
+        ),
+    ];
+    for (name, statements, first_bad) in cases {
+        let Some(db) = db_maker().await else { return };
+        let h = with_traffic(db).await;
+        h.sql_as_owner(&statements).await;
+        let report = verify(&h).await;
+        assert_eq!(report["ok"], false, "{name}: {report}");
+        assert_eq!(report["first_bad_seq"], first_bad, "{name}: {report}");
+        let (ok, out) = cli_verify(&h);
+        assert!(!ok, "{name}: CLI accepted a tampered audit");
+        assert!(out.contains(&format!("first bad sequence number {first_bad}")), "{name}: {out}");
+    }
+    // Inserting an event at the end without the chain key material.
+    let Some(db) = db_maker().await else { return };
+    let h = with_traffic(db).await;
+    let next = h.scalar("SELECT max(seq) FROM audit_events").await + 1;
+    let forged = format!(
+        "INSERT INTO audit_events (seq, time, request_id, principal, action, customer_ids, fields, outcome, status, chain_hash) \
+         SELECT {next}, time, 'forged', 'ghost', 'customer.read', '[]', '[]', 'allowed', 200, chain_hash FROM audit_events WHERE seq = 1"
+    );
+    h.sql_as_owner(&[&forged, "UPDATE audit_head SET seq = seq + 1"]).await;
+    let report = verify(&h).await;
+    assert_eq!((report["ok"].clone(), report["first_bad_seq"].clone()), (json!(false), json!(next)), "{report}");
+    // Rewriting an event and recomputing every hash after it: the signed checkpoint catches it.
+    let Some(db) = db_maker().await else { return };
+    let h = with_traffic(db).await;
+    let store = custodia::store::open(&h.db.url(), &custodia::store::StoreOptions::default()).await.unwrap();
+    let events = store.audit_events_after(0, 10_000).await.unwrap();
+    let mut head = custodia::audit::chain::GENESIS.to_vec();
+    let mut statements = Vec::new();
+    for mut e in events {
+        if e.seq == 5 {
+            e.event.principal = Some("someone-else".into());
+            statements.push("UPDATE audit_events SET principal = 'someone-else' WHERE seq = 5".to_owned());
+        }
+        let h2 = custodia::audit::chain::next(&head, e.seq, &e.event, &e.customer_ids_text, &e.fields_text);
+        statements.push(format!("UPDATE audit_events SET chain_hash = {} WHERE seq = {}", blob(&h.db, &h2), e.seq));
+        head = h2.to_vec();
+    }
+    let refs: Vec<&str> = statements.iter().map(String::as_str).collect();
+    h.sql_as_owner(&refs).await;
+    let report = verify(&h).await;
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["first_bad_seq"], 1, "{report}");
+    assert!(report["problem"].as_str().unwrap().contains("rewritten"), "{report}");
+}
+
+fn blob(db: &Db, bytes: &[u8]) -> String {
+    match db {
+        Db::Sqlite { .. } => format!("X'{}'", hex(bytes)),
+        Db::Postgres { .. } => format!("'\\x{}'::bytea", hex(bytes)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_is_named_sqlite() {
+    tampering(|| Box::pin(async { Some(Db::sqlite()) })).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_is_named_postgres() {
+    tampering(|| Box::pin(Db::postgres())).await;
+}
