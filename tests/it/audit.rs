@@ -14,6 +14,9 @@ use crate::support::*;
 
 const SO: &str = "sec.officer";
 
+/// method, path, caller, purpose, body, expected status, expected action, expected outcome.
+type RequestCase = (Method, String, Option<&'static str>, Option<&'static str>, Option<Value>, u16, &'static str, &'static str);
+
 async fn verify(h: &Harness) -> Value {
     let r = h.client.get(h.url("/v1/audit/verify")).bearer_auth(mint(SO)).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -72,7 +75,7 @@ on_both! {
         let js = h.create(individual("3201")).await;
         let gd = h.create(individual("4401")).await;
         let p = |id: Uuid| format!("/v1/customers/{id}");
-        let cases: Vec<(Method, String, Option<&str>, Option<&str>, Option<Value>, u16, &str, &str)> = vec![
+        let cases: Vec<RequestCase> = vec![
             (Method::GET, p(js), Some(ALICE), Some(PURPOSE), None, 200, "customer.read", "allowed"),
             (Method::GET, p(js), None, Some(PURPOSE), None, 401, "customer.read", "denied"),
             (Method::GET, p(js), Some("ag"), None, None, 403, "customer.read", "denied"),
