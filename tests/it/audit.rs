@@ -15,7 +15,8 @@ use crate::support::*;
 const SO: &str = "sec.officer";
 
 /// method, path, caller, purpose, body, expected status, expected action, expected outcome.
-type RequestCase = (Method, String, Option<&'static str>, Option<&'static str>, Option<Value>, u16, &'static str, &'static str);
+type RequestCase =
+    (Method, String, Option<&'static str>, Option<&'static str>, Option<Value>, u16, &'static str, &'static str);
 
 async fn verify(h: &Harness) -> Value {
     let r = h.client.get(h.url("/v1/audit/verify")).bearer_auth(mint(SO)).send().await.unwrap();
@@ -283,4 +284,173 @@ async fn tampering_is_named_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_is_named_postgres() {
     tampering(|| Box::pin(Db::postgres())).await;
+}
+
+/// Makes every audit insert fail, as a full disk or a broken audit table would.
+async fn break_audit(h: &Harness) {
+    match &h.db {
+        Db::Sqlite { .. } => {
+            h.sql(
+                "CREATE TRIGGER audit_down BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+                &[],
+            )
+            .await;
+        }
+        Db::Postgres { .. } => {
+            h.sql("CREATE FUNCTION audit_down() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$", &[]).await;
+            h.sql(
+                "CREATE TRIGGER audit_down BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_down()",
+                &[],
+            )
+            .await;
+        }
+    }
+}
+
+async fn mend_audit(h: &Harness) {
+    match &h.db {
+        Db::Sqlite { .. } => h.sql("DROP TRIGGER audit_down", &[]).await,
+        Db::Postgres { .. } => h.sql("DROP TRIGGER audit_down ON audit_events", &[]).await,
+    };
+}
+
+on_both! {
+    async fn an_unwritable_audit_serves_nothing(h) {
+        h.grant(SO, "security_officer", "CN").await;
+        let id = h.create(individual("3201")).await;
+        let customers_before = h.scalar("SELECT count(*) FROM customers").await;
+        break_audit(&h).await;
+        let path = format!("/v1/customers/{id}");
+        let attempts = vec![
+            h.get(&path, ALICE),
+            h.post("/v1/customers", ALICE, &individual("3201")),
+            h.patch(&path, ALICE, 1, &json!({"fields": {"mobile": "13900000000"}})),
+            h.post("/v1/customers/search", ALICE, &json!({"match": {"mobile": "13812345678"}})),
+            h.client.get(h.url("/v1/audit/events")).bearer_auth(mint(SO)),
+        ];
+        for req in attempts {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 503);
+            let body = r.text().await.unwrap();
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["code"], "audit_unavailable");
+            for leak in ["13812345678", "欧阳", "11010519491231002X", "110***", "nana"] {
+                assert!(!body.contains(leak), "served {leak} without an audit event");
+            }
+        }
+        // Writes rolled back with their events.
+        assert_eq!(h.scalar("SELECT count(*) FROM customers").await, customers_before);
+        assert_eq!(h.scalar("SELECT max(version) FROM customers").await, 1);
+        mend_audit(&h).await;
+        assert_eq!(h.get(&path, ALICE).send().await.unwrap().status(), 200);
+        let report = verify(&h).await;
+        assert_eq!(report["ok"], true, "{report}");
+    }
+
+    async fn concurrent_load_on_two_instances_keeps_one_chain(h) {
+        h.grant(SO, "security_officer", "CN").await;
+        h.grant("ag", "agent", "32").await;
+        let other = h.another_instance().await;
+        let bases = [h.base.clone(), format!("http://{}", other.addr)];
+        let id = h.create(individual("3201")).await;
+        let before = h.scalar("SELECT count(*) FROM audit_events").await;
+        let mut tasks = Vec::new();
+        for i in 0..120usize {
+            let base = bases[i % 2].clone();
+            let client = h.client.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = match i % 4 {
+                    0 => client.get(format!("{base}/v1/customers/{id}")).bearer_auth(mint("ag")).header("X-Purpose", PURPOSE),
+                    1 => client.post(format!("{base}/v1/customers")).bearer_auth(mint(ALICE)).header("X-Purpose", PURPOSE).json(&individual("3202")),
+                    2 => client.get(format!("{base}/v1/customers/{id}")).bearer_auth(mint("ag")),
+                    _ => client.get(format!("{base}/v1/customers/{}", Uuid::now_v7())).bearer_auth(mint(ALICE)).header("X-Purpose", PURPOSE),
+                };
+                req.send().await.unwrap().status().as_u16()
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let expected = [200, 201, 403, 404][i % 4];
+            assert_eq!(t.await.unwrap(), expected);
+        }
+        assert_eq!(h.scalar("SELECT count(*) FROM audit_events").await, before + 120);
+        let report = verify(&h).await;
+        assert_eq!(report["ok"], true, "{report}");
+        other.stop().await.unwrap();
+    }
+
+    async fn access_log_tells_the_customer_who_looked(h) {
+        let id = h.create(individual("3201")).await;
+        h.grant("ag", "agent", "32").await;
+        h.grant("gd.manager", "account_manager", "44").await;
+        assert_eq!(h.get(&format!("/v1/customers/{id}"), "ag").send().await.unwrap().status(), 200);
+        let log = |who: &str, purpose: &str| {
+            h.client.get(h.url(&format!("/v1/customers/{id}/access-log"))).bearer_auth(mint(who)).header("X-Purpose", purpose).send()
+        };
+        let r = log(ALICE, "data_subject_request").await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        let read = v["items"].as_array().unwrap().iter().find(|e| e["principal"] == "ag").expect("the agent's read is listed");
+        assert_eq!(read["action"], "customer.read");
+        assert_eq!(read["purpose"], PURPOSE);
+        assert!(read["fields"].as_array().unwrap().iter().any(|f| f["field"] == "mobile" && f["view"] == "masked"));
+        assert_eq!(log(ALICE, "customer_service").await.unwrap().status(), 403);
+        assert_eq!(log("ag", "data_subject_request").await.unwrap().status(), 403);
+        assert_eq!(log("gd.manager", "data_subject_request").await.unwrap().status(), 404);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walking_a_province_triggers_the_guard() {
+    let h = Harness::start_with(Db::sqlite(), |c| c.audit.bulk_threshold = 5).await;
+    h.grant(SO, "security_officer", "CN").await;
+    h.grant("walker", "agent", "32").await;
+    let mut ids = Vec::new();
+    for _ in 0..7 {
+        ids.push(h.create(individual("3201")).await);
+    }
+    for id in &ids[..5] {
+        assert_eq!(h.get(&format!("/v1/customers/{id}"), "walker").send().await.unwrap().status(), 200);
+    }
+    // Re-reading a customer already seen does not count twice.
+    assert_eq!(h.get(&format!("/v1/customers/{}", ids[0]), "walker").send().await.unwrap().status(), 200);
+    // The sixth distinct customer is refused, and from then on everything is.
+    let r = h.get(&format!("/v1/customers/{}", ids[5]), "walker").send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("bulk_access_blocked") && !body.contains("138"), "{body}");
+    assert_eq!(h.get(&format!("/v1/customers/{}", ids[0]), "walker").send().await.unwrap().status(), 429);
+    let r =
+        h.post("/v1/customers/search", "walker", &json!({"match": {"mobile": "13812345678"}})).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    // Other principals are unaffected.
+    assert_eq!(h.get(&format!("/v1/customers/{}", ids[6]), ALICE).send().await.unwrap().status(), 200);
+    // The security officer sees the alert, and its event is in the audit.
+    let alerts: Value =
+        h.client.get(h.url("/v1/audit/alerts")).bearer_auth(mint(SO)).send().await.unwrap().json().await.unwrap();
+    let alert = &alerts[0];
+    assert_eq!((alert["principal"].as_str(), alert["status"].as_str()), (Some("walker"), Some("open")));
+    let events: Value = h
+        .client
+        .get(h.url("/v1/audit/events?action=audit.alert_raised"))
+        .bearer_auth(mint(SO))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events["items"][0]["principal"], "walker");
+    // Nobody but a security officer clears it.
+    let clear = |who: &str| {
+        h.client
+            .post(h.url(&format!("/v1/audit/alerts/{}/clear", alert["id"].as_str().unwrap())))
+            .bearer_auth(mint(who))
+            .send()
+    };
+    assert_eq!(clear("walker").await.unwrap().status(), 403);
+    assert_eq!(clear(ROOT_ADMIN).await.unwrap().status(), 403);
+    let r = clear(SO).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(clear(SO).await.unwrap().status(), 404);
+    assert_eq!(h.get(&format!("/v1/customers/{}", ids[5]), "walker").send().await.unwrap().status(), 200);
 }
