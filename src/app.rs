@@ -18,7 +18,7 @@ use crate::audit::{AuditLog, CheckpointSigner, CheckpointVerifier};
 use crate::auth::{Authenticator, KeyConfigError};
 use crate::authz::{Policy, PolicyError};
 use crate::config::{Config, EXAMPLE_TOKEN_KID};
-use crate::crypto::{KeyFileError, Keyring};
+use crate::crypto::{EnvSource, FileSource, KeyFileError, KeySource};
 use crate::domain::catalogue::CatalogueError;
 use crate::domain::{Catalogue, Regions};
 use crate::mask::views::ViewError;
@@ -59,7 +59,12 @@ token this vault accepts. Remove it from auth.keys for any real deployment.";
 
 /// Builds the application state from configuration.
 pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
-    let keyring = Keyring::load(&config.keys_file)?;
+    let key_source: Arc<dyn KeySource> = match &config.keys_env {
+        Some(var) => Arc::new(EnvSource { var: var.clone() }),
+        None => Arc::new(FileSource { path: config.keys_file.clone() }),
+    };
+    let keyring = key_source.load()?;
+    tracing::info!(source = %key_source.describe(), "keys loaded");
     if keyring.is_example() {
         for _ in 0..3 {
             tracing::warn!("{EXAMPLE_KEYS_WARNING}");
@@ -79,6 +84,7 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
     let policy = Policy::builtin().await?;
     let views = ViewPolicy::builtin(&catalogue, &policy)?;
     let options = VaultOptions {
+        retention: config.retention.parsed(),
         reveals_per_hour: config.reveals_per_hour,
         guard: GuardPolicy {
             threshold: config.audit.bulk_threshold,
@@ -102,7 +108,7 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
     );
     let vault = Vault::open(VaultParts {
         store,
-        keyring: Arc::new(keyring),
+        keys: key_source,
         catalogue: Arc::new(catalogue),
         regions: Regions::builtin(),
         policy: Arc::new(policy),
@@ -149,6 +155,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
     let router = api::router(state.clone(), limits);
+    spawn_maintenance(Arc::downgrade(&state.vault), Duration::from_secs(config.retention.interval_seconds));
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
@@ -158,4 +165,32 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
             .await
     });
     Ok(RunningServer { addr, state, shutdown: Some(tx), handle })
+}
+
+/// Background maintenance while serving: reload keys from their source and rewrap data keys to
+/// the active version (every 5 s), and run retention (at its interval). Stops with the vault.
+fn spawn_maintenance(vault: std::sync::Weak<Vault>, retention_every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_retention = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            let Some(vault) = vault.upgrade() else { return };
+            if let Err(e) = vault.reload_keys() {
+                tracing::warn!(error = %e, "cannot reload keys; keeping the loaded ones");
+            }
+            match vault.rewrap_all().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rewrapped = n, "data keys rewrapped to the active key version"),
+                Err(e) => tracing::warn!(error = %e, "rewrap paused"),
+            }
+            if !retention_every.is_zero() && last_retention.elapsed() >= retention_every {
+                last_retention = tokio::time::Instant::now();
+                if let Err(e) = vault.run_retention().await {
+                    tracing::warn!(error = %e, "retention run failed");
+                }
+            }
+        }
+    });
 }

@@ -28,6 +28,9 @@ pub struct Config {
     pub max_connections: u32,
     /// Key file with the key-encryption keys and the blind-index root.
     pub keys_file: PathBuf,
+    /// When set, the keys come from this environment variable (the key file's TOML) instead.
+    pub keys_env: Option<String>,
+    pub retention: RetentionConfig,
     pub log_format: LogFormat,
     /// Whole-request time limit.
     pub request_timeout_ms: u64,
@@ -37,6 +40,15 @@ pub struct Config {
     pub reveals_per_hour: u32,
     pub auth: AuthConfig,
     pub audit: AuditConfig,
+}
+
+/// Retention periods, in days, by `"kind.status"` (e.g. `"individual.closed" = 1095`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub periods: std::collections::BTreeMap<String, u32>,
+    /// How often `serve` runs retention, in seconds (0: only `custodia retention run`).
+    pub interval_seconds: u64,
 }
 
 /// Audit settings.
@@ -76,6 +88,8 @@ impl Default for Config {
             database_url: "sqlite://data/custodia.db".into(),
             max_connections: 16,
             keys_file: PathBuf::from("keys-example/keys.toml"),
+            keys_env: None,
+            retention: RetentionConfig::default(),
             log_format: LogFormat::Text,
             request_timeout_ms: 10_000,
             body_limit_bytes: 64 * 1024,
@@ -183,9 +197,32 @@ impl Config {
                 "audit.checkpoint_every, checkpoint_interval_ms and bulk_threshold must be positive",
             ));
         }
+        for (key, days) in &self.retention.periods {
+            let valid = key.split_once('.').is_some_and(|(k, s)| {
+                crate::domain::CustomerKind::parse(k).is_some() && crate::domain::CustomerStatus::parse(s).is_some()
+            });
+            if !valid || *days == 0 {
+                return Err(ConfigError::Invalid(
+                    "retention.periods keys are \"kind.status\" with a positive number of days",
+                ));
+            }
+        }
         if self.body_limit_bytes < 1024 || self.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid("body_limit_bytes must be at least 1024 and request_timeout_ms positive"));
         }
         Ok(())
+    }
+}
+
+impl RetentionConfig {
+    /// The periods as (kind, status, days); invalid keys were refused by [`Config::check`].
+    pub fn parsed(&self) -> Vec<(crate::domain::CustomerKind, crate::domain::CustomerStatus, u32)> {
+        self.periods
+            .iter()
+            .filter_map(|(key, days)| {
+                let (k, s) = key.split_once('.')?;
+                Some((crate::domain::CustomerKind::parse(k)?, crate::domain::CustomerStatus::parse(s)?, *days))
+            })
+            .collect()
     }
 }

@@ -58,11 +58,46 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Key lifecycle: rotate, status, rewrap, retire.
+    Keys {
+        #[arg(long, env = "CUSTODIA_DATABASE_URL", global = true)]
+        database_url: Option<String>,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Data retention.
+    Retention {
+        #[arg(long, env = "CUSTODIA_DATABASE_URL", global = true)]
+        database_url: Option<String>,
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
     /// The access audit.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a key-encryption key version (written to the key file); new data keys use it.
+    Rotate,
+    /// Key versions, their use, rewrap progress.
+    Status,
+    /// Move every data key to the active version now (resumable; `serve` also does it).
+    Rewrap,
+    /// Destroy an old version's key material once nothing is wrapped under it.
+    Retire {
+        #[arg(long)]
+        version: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Erase every customer past its retention period (`retention.periods`).
+    Run,
 }
 
 #[derive(Subcommand)]
@@ -185,6 +220,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     report.problem.unwrap_or_default()
                 )
             }
+        }
+        Command::Keys { database_url, command } => {
+            custodia::telemetry::init(config.log_format).map_err(anyhow::Error::msg)?;
+            if let Some(url) = database_url {
+                config.database_url = url;
+            }
+            let (state, _) = custodia::app::build(&config).await?;
+            let vault = &state.vault;
+            let actor = "custodia:cli";
+            match command {
+                KeysCommand::Rotate => {
+                    let version = vault.rotate_keys_as(actor).await?;
+                    println!("key-encryption key version {version} added and active; run `custodia keys rewrap` (serve also rewraps in the background)");
+                }
+                KeysCommand::Status => {}
+                KeysCommand::Rewrap => {
+                    let moved = vault.rewrap_all().await?;
+                    println!("{moved} data keys rewrapped");
+                }
+                KeysCommand::Retire { version } => {
+                    vault.retire_key_as(actor, version).await?;
+                    println!("key-encryption key version {version} retired: its material is destroyed");
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&vault.key_status_unchecked().await?)?);
+            Ok(())
+        }
+        Command::Retention { database_url, command: RetentionCommand::Run } => {
+            custodia::telemetry::init(config.log_format).map_err(anyhow::Error::msg)?;
+            if let Some(url) = database_url {
+                config.database_url = url;
+            }
+            let (state, _) = custodia::app::build(&config).await?;
+            let erased = state.vault.run_retention().await?;
+            println!("{erased} customers erased past retention");
+            Ok(())
         }
         Command::Openapi => {
             println!("{}", custodia::api::openapi::document());

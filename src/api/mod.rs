@@ -7,6 +7,7 @@ pub mod customers;
 pub mod extract;
 pub mod grants;
 pub mod health;
+pub mod lifecycle;
 pub mod middleware;
 pub mod openapi;
 pub mod problem;
@@ -46,7 +47,12 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/customers", post(customers::create))
         .route("/customers/search", post(customers::search))
         .route("/customers/batch-get", post(customers::batch_get))
-        .route("/customers/{id}", get(customers::read).patch(customers::update))
+        .route("/customers/{id}", get(customers::read).patch(customers::update).delete(lifecycle::erase))
+        .route("/customers/{id}/export", get(lifecycle::export))
+        .route("/customers/{id}/restrict", post(lifecycle::restrict))
+        .route("/customers/{id}/unrestrict", post(lifecycle::unrestrict))
+        .route("/admin/keys", get(lifecycle::key_status))
+        .route("/admin/keys/rotate", post(lifecycle::rotate_keys))
         .route("/customers/{id}/reveal", post(customers::reveal))
         .route("/grants", post(grants::create).get(grants::list))
         .route("/grants/{id}", axum::routing::delete(grants::revoke))

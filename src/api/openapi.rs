@@ -5,7 +5,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, customers, grants, health, problem};
+use super::{audit, customers, grants, health, lifecycle, problem};
 
 struct BearerAuth;
 
@@ -43,7 +43,13 @@ impl Modify for BearerAuth {
         audit::verify,
         audit::alerts,
         audit::clear_alert,
-        audit::access_log
+        audit::access_log,
+        lifecycle::erase,
+        lifecycle::export,
+        lifecycle::restrict,
+        lifecycle::unrestrict,
+        lifecycle::key_status,
+        lifecycle::rotate_keys
     ),
     components(schemas(problem::Problem, problem::FieldProblem)),
     modifiers(&BearerAuth),
@@ -51,6 +57,7 @@ impl Modify for BearerAuth {
         (name = "customers", description = "Customer records"),
         (name = "grants", description = "Delegated administration"),
         (name = "audit", description = "The access audit"),
+        (name = "keys", description = "Key lifecycle"),
         (name = "health", description = "Probes"),
     )
 )]

@@ -167,6 +167,13 @@ impl From<VaultError> for ApiError {
                     .detail("bulk access detected: data requests are refused until a security officer clears the alert")
             }
             VaultError::AuditUnavailable => ApiError::audit_unavailable(),
+            VaultError::Restricted => ApiError::new(StatusCode::FORBIDDEN, "customer_restricted", "Restricted")
+                .detail("the customer's data is restricted (PIPL art. 47): readable only for legal_request"),
+            VaultError::Keys(ref inner) => {
+                tracing::warn!(error = %inner, "key operation refused");
+                ApiError::new(StatusCode::CONFLICT, "key_operation_refused", "Key operation refused")
+                    .detail("the key source refused the operation; see the vault's log")
+            }
             VaultError::RateLimited => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests")
                     .detail("the reveal limit for this principal is reached; try again later")

@@ -11,7 +11,7 @@ use std::path::Path;
 use aes_gcm::{Aes256Gcm, KeyInit};
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretBox};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::CryptoError;
@@ -20,7 +20,7 @@ use super::CryptoError;
 /// the file they came from says.
 const EXAMPLE_KEK_FINGERPRINTS: [&str; 1] = ["ecf3786ce586b3b3"];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct KeyFile {
     #[serde(default)]
@@ -29,11 +29,18 @@ struct KeyFile {
     index: KeyEntry,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct KeyEntry {
     version: u32,
+    /// Absent once the version is retired: its material is destroyed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     key: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    retired: bool,
+    /// Kept for retired versions, so that what they wrapped can be named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<String>,
 }
 
 impl Drop for KeyEntry {
@@ -51,6 +58,14 @@ pub enum KeyFileError {
     Parse(String),
     #[error("key file: {0}")]
     Invalid(&'static str),
+    #[error("cannot write key file {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("key source is read-only: {0}")]
+    ReadOnly(&'static str),
+    #[error("key version {0} still wraps data keys; rewrap first (custodia keys rewrap)")]
+    StillInUse(u32),
+    #[error("no such key version {0}, or it is the active one")]
+    NotRetirable(u32),
 }
 
 /// One key-encryption key.
@@ -62,6 +77,8 @@ pub(crate) struct Kek {
 /// The loaded keys.
 pub struct Keyring {
     keks: BTreeMap<u32, Kek>,
+    /// Retired versions and their fingerprints: their material is gone.
+    retired: BTreeMap<u32, String>,
     active: u32,
     index_root: SecretBox<[u8; 32]>,
     index_version: u32,
@@ -127,10 +144,18 @@ impl Keyring {
             })
         })?;
         let mut keks = BTreeMap::new();
+        let mut retired = BTreeMap::new();
         let mut example = file.example;
         for entry in &file.kek {
             if entry.version == 0 {
                 return Err(KeyFileError::Invalid("KEK versions start at 1"));
+            }
+            if entry.retired {
+                if !entry.key.is_empty() {
+                    return Err(KeyFileError::Invalid("a retired KEK must have its key material removed"));
+                }
+                retired.insert(entry.version, entry.fingerprint.clone().unwrap_or_default());
+                continue;
             }
             let key = decode_key(&entry.key)?;
             let fp = fingerprint(&key);
@@ -141,10 +166,14 @@ impl Keyring {
                 return Err(KeyFileError::Invalid("a KEK version appears twice"));
             }
         }
-        let active = *keks.keys().next_back().ok_or(KeyFileError::Invalid("the key file holds no KEK"))?;
+        let active = *keks.keys().next_back().ok_or(KeyFileError::Invalid("the key file holds no live KEK"))?;
+        if retired.keys().any(|v| keks.contains_key(v) || *v > active) {
+            return Err(KeyFileError::Invalid("a retired version must be older than the active one and appear once"));
+        }
         let index_key = decode_key(&file.index.key)?;
         Ok(Keyring {
             keks,
+            retired,
             active,
             index_root: SecretBox::new(Box::new(*index_key)),
             index_version: file.index.version,
@@ -168,7 +197,16 @@ impl Keyring {
     }
 
     pub(crate) fn kek(&self, version: u32) -> Result<&Kek, CryptoError> {
-        self.keks.get(&version).ok_or(CryptoError::UnknownKeyVersion(version))
+        match self.keks.get(&version) {
+            Some(k) => Ok(k),
+            None if self.retired.contains_key(&version) => Err(CryptoError::RetiredKeyVersion(version)),
+            None => Err(CryptoError::UnknownKeyVersion(version)),
+        }
+    }
+
+    /// Retired versions and their fingerprints.
+    pub fn retired_versions(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.retired.iter().map(|(v, f)| (*v, f.as_str()))
     }
 
     /// Derives a 32-byte subkey of the blind-index root secret for `purpose` (HKDF-SHA256).
@@ -192,6 +230,70 @@ impl Keyring {
     }
 }
 
+const KEY_FILE_HEADER: &str =
+    "# Custodia key file. Keep it out of the repository and out of database backups (docs/KEYS.md).\n\
+# Rewritten by `custodia keys rotate` and `custodia keys retire`.\n";
+
+fn random_key_b64() -> Result<String, KeyFileError> {
+    let key =
+        super::random_bytes::<32>().map_err(|_| KeyFileError::Invalid("system random number generator failed"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(key.as_ref()))
+}
+
+fn render(file: &KeyFile) -> Result<Zeroizing<String>, KeyFileError> {
+    let body = toml::to_string(file).map_err(|_| KeyFileError::Invalid("cannot serialise the key file"))?;
+    Ok(Zeroizing::new(format!("{KEY_FILE_HEADER}{body}")))
+}
+
+/// Adds a new KEK version to key file text; returns the new text and version.
+pub fn rotate_text(text: &str) -> Result<(Zeroizing<String>, u32), KeyFileError> {
+    let mut file: KeyFile = toml::from_str(text).map_err(|_| KeyFileError::Parse("syntax error".into()))?;
+    let version = file.kek.iter().map(|k| k.version).max().unwrap_or(0) + 1;
+    file.kek.push(KeyEntry { version, key: random_key_b64()?, retired: false, fingerprint: None });
+    // A rotated file is no longer the public example, though it may still hold example versions.
+    file.example = false;
+    Ok((render(&file)?, version))
+}
+
+/// Destroys the material of KEK `version` in key file text, keeping its fingerprint.
+pub fn retire_text(text: &str, version: u32) -> Result<Zeroizing<String>, KeyFileError> {
+    let mut file: KeyFile = toml::from_str(text).map_err(|_| KeyFileError::Parse("syntax error".into()))?;
+    let active = file.kek.iter().filter(|k| !k.retired).map(|k| k.version).max().unwrap_or(0);
+    let entry =
+        file.kek.iter_mut().find(|k| k.version == version && !k.retired).ok_or(KeyFileError::NotRetirable(version))?;
+    if version == active {
+        return Err(KeyFileError::NotRetirable(version));
+    }
+    let key = decode_key(&entry.key)?;
+    entry.fingerprint = Some(fingerprint(&key));
+    entry.key.zeroize();
+    entry.key = String::new();
+    entry.retired = true;
+    render(&file)
+}
+
+/// Writes key file text next to `path` and renames it into place, owner-readable only.
+pub fn write_key_file(path: &Path, text: &str) -> Result<(), KeyFileError> {
+    let err = |source| KeyFileError::Write { path: path.display().to_string(), source };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp).map_err(err)?;
+        f.write_all(text.as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +305,22 @@ mod tests {
         let stripped = EXAMPLE.replace("example = true", "example = false");
         let ring = Keyring::from_toml(&stripped).unwrap();
         assert!(ring.is_example(), "example fingerprints out of date: {ring:?}");
+    }
+
+    #[test]
+    fn rotate_then_retire() {
+        let (rotated, v) = rotate_text(EXAMPLE).unwrap();
+        assert_eq!(v, 2);
+        let ring = Keyring::from_toml(&rotated).unwrap();
+        assert_eq!(ring.active_version(), 2);
+        let id = uuid::Uuid::now_v7();
+        let old = Keyring::from_toml(EXAMPLE).unwrap().generate_data_key(id).unwrap().1;
+        assert!(ring.unwrap_data_key(id, &old).is_ok());
+        let retired = retire_text(&rotated, 1).unwrap();
+        assert!(!retired.contains("NIQPheu"), "retired material must be gone");
+        let ring = Keyring::from_toml(&retired).unwrap();
+        assert_eq!(ring.unwrap_data_key(id, &old).unwrap_err(), CryptoError::RetiredKeyVersion(1));
+        assert!(matches!(retire_text(&retired, 2), Err(KeyFileError::NotRetirable(2))));
     }
 
     #[test]

@@ -8,10 +8,12 @@
 pub mod blind;
 pub mod envelope;
 pub mod keyring;
+pub mod source;
 
 pub use blind::{BlindIndex, Digest};
 pub use envelope::{DataKey, FieldContext, WrappedKey};
 pub use keyring::{KeyFileError, Keyring};
+pub use source::{EnvSource, FileSource, KeySource};
 
 /// What can go wrong while sealing or opening.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -23,6 +25,9 @@ pub enum CryptoError {
     /// The key version a ciphertext names is not loaded.
     #[error("key-encryption key version {0} is not loaded")]
     UnknownKeyVersion(u32),
+    /// The version was retired: its material is destroyed, and what it wrapped is unreadable.
+    #[error("key-encryption key version {0} is retired")]
+    RetiredKeyVersion(u32),
     /// The system random number generator failed.
     #[error("system random number generator failed")]
     Random,

@@ -36,6 +36,11 @@ impl RegionId {
         &self.0
     }
 
+    /// The group root.
+    pub fn group() -> RegionId {
+        RegionId(Self::GROUP.to_owned())
+    }
+
     pub fn level(&self) -> RegionLevel {
         match self.0.len() {
             2 if self.0 == Self::GROUP => RegionLevel::Group,

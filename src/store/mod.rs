@@ -112,7 +112,7 @@ pub struct CustomerUpdate {
 }
 
 /// A grant as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct GrantRecord {
     pub id: Uuid,
     pub principal: String,
@@ -160,8 +160,18 @@ pub struct AuditQuery {
     pub limit: u32,
 }
 
+/// What is left of an erased customer.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Tombstone {
+    pub id: Uuid,
+    pub region: String,
+    pub erased_at: DateTime<Utc>,
+    pub erased_by: String,
+    pub reason: String,
+}
+
 /// A bulk-access alert.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct AlertRecord {
     pub id: Uuid,
     pub principal: String,
@@ -251,6 +261,26 @@ pub trait Store: Send + Sync + 'static {
     /// Clears an open alert; false when there was none with that id.
     async fn clear_alert(&self, id: Uuid, by: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<bool, StoreError>;
     async fn alerts(&self, limit: u32) -> Result<Vec<AlertRecord>, StoreError>;
+
+    /// How many data keys each KEK version wraps.
+    async fn kek_usage(&self) -> Result<Vec<(u32, i64)>, StoreError>;
+    /// Records whose data key is wrapped under a version older than `active`.
+    async fn wrapped_below(&self, active: u32, limit: u32) -> Result<Vec<(Uuid, WrappedKey)>, StoreError>;
+    /// Replaces a record's wrapped key if it is still wrapped under `from_version`.
+    async fn replace_wrapped_key(&self, id: Uuid, from_version: u32, key: &WrappedKey) -> Result<bool, StoreError>;
+    /// Appends a system event (key operations, retention) on its own.
+    async fn erase_customer(&self, tombstone: &Tombstone, audit: &AuditEvent) -> Result<bool, StoreError>;
+    async fn tombstone(&self, id: Uuid) -> Result<Option<Tombstone>, StoreError>;
+    /// Sets a record's status (a new version; fields untouched).
+    async fn set_status(&self, id: Uuid, status: CustomerStatus, audit: &AuditEvent) -> Result<bool, StoreError>;
+    /// Ids of records of `kind` in `status` last changed before `before`.
+    async fn past_retention(
+        &self,
+        kind: CustomerKind,
+        status: CustomerStatus,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(Uuid, String)>, StoreError>;
 }
 
 /// Appends `AND (…)` restricting a `region` column to the subtrees of `scopes` (nothing when

@@ -6,22 +6,6 @@
 /// Backend-specific trait items (`backend`, …) are passed in the braces.
 macro_rules! impl_store {
     ($store:ty, $db:ty, { $($extra:item)* }) => {
-        fn grant_from_row(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::GrantRecord, sqlx::Error> {
-            use sqlx::Row;
-            Ok($crate::store::GrantRecord {
-                id: row.try_get("id")?,
-                principal: row.try_get("principal")?,
-                role: row.try_get("role")?,
-                region: row.try_get("region")?,
-                granted_by: row.try_get("granted_by")?,
-                parent_id: row.try_get("parent_id")?,
-                created_at: row.try_get("created_at")?,
-                expires_at: row.try_get("expires_at")?,
-                revoked_at: row.try_get("revoked_at")?,
-                revoked_by: row.try_get("revoked_by")?,
-            })
-        }
-
         async fn insert_grant_in(
             tx: &mut sqlx::Transaction<'_, $db>,
             g: &$crate::store::GrantRecord,
@@ -195,19 +179,6 @@ macro_rules! impl_store {
             })
         }
 
-        fn alert_from_row(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::AlertRecord, sqlx::Error> {
-            use sqlx::Row;
-            Ok($crate::store::AlertRecord {
-                id: row.try_get("id")?,
-                principal: row.try_get("principal")?,
-                raised_at: row.try_get("raised_at")?,
-                distinct_customers: row.try_get("distinct_customers")?,
-                window_seconds: row.try_get("window_seconds")?,
-                cleared_at: row.try_get("cleared_at")?,
-                cleared_by: row.try_get("cleared_by")?,
-            })
-        }
-
         const GRANT_COLUMNS: &str =
             "id, principal, role, region, granted_by, parent_id, created_at, expires_at, revoked_at, revoked_by";
         const BUMP_EPOCH: &str = "UPDATE authz_epoch SET value = value + 1 WHERE id = 1";
@@ -373,12 +344,9 @@ macro_rules! impl_store {
                 // The epoch is read first: a change committed meanwhile shows up as a newer epoch at
                 // the next poll, so the state is never considered fresher than it is.
                 let epoch: i64 = sqlx::query("SELECT value FROM authz_epoch WHERE id = 1").fetch_one(&mut *conn).await?.try_get(0)?;
-                let grants = sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM grants"))
+                let grants = sqlx::query_as::<_, $crate::store::GrantRecord>(&format!("SELECT {GRANT_COLUMNS} FROM grants"))
                     .fetch_all(&mut *conn)
-                    .await?
-                    .iter()
-                    .map(grant_from_row)
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .await?;
                 let token_revocations = sqlx::query("SELECT principal, not_before FROM token_revocations")
                     .fetch_all(&mut *conn)
                     .await?
@@ -396,11 +364,10 @@ macro_rules! impl_store {
 
             async fn grant(&self, id: uuid::Uuid) -> Result<Option<$crate::store::GrantRecord>, $crate::store::StoreError> {
                 let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
-                let row = sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = $1"))
+                Ok(sqlx::query_as::<_, $crate::store::GrantRecord>(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = $1"))
                     .bind(id)
                     .fetch_optional(&mut *conn)
-                    .await?;
-                Ok(row.as_ref().map(grant_from_row).transpose()?)
+                    .await?)
             }
 
             async fn insert_grant(&self, g: &$crate::store::GrantRecord, audit: &$crate::audit::AuditEvent) -> Result<(), $crate::store::StoreError> {
@@ -466,8 +433,7 @@ macro_rules! impl_store {
                 }
                 qb.push(" ORDER BY id LIMIT ");
                 qb.push_bind(i64::from(q.limit));
-                let rows = qb.build().fetch_all(&mut *conn).await?;
-                Ok(rows.iter().map(grant_from_row).collect::<Result<Vec<_>, _>>()?)
+                Ok(qb.build_query_as::<$crate::store::GrantRecord>().fetch_all(&mut *conn).await?)
             }
 
             async fn revoke_tokens(&self, principal: &str, not_before: chrono::DateTime<chrono::Utc>, audit: &$crate::audit::AuditEvent) -> Result<(), $crate::store::StoreError> {
@@ -623,14 +589,124 @@ macro_rules! impl_store {
 
             async fn alerts(&self, limit: u32) -> Result<Vec<$crate::store::AlertRecord>, $crate::store::StoreError> {
                 let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
-                let rows = sqlx::query(
+                Ok(sqlx::query_as::<_, $crate::store::AlertRecord>(
                     "SELECT id, principal, raised_at, distinct_customers, window_seconds, cleared_at, cleared_by \
                      FROM audit_alerts ORDER BY raised_at DESC LIMIT $1",
                 )
                 .bind(i64::from(limit))
                 .fetch_all(&mut *conn)
-                .await?;
-                Ok(rows.iter().map(alert_from_row).collect::<Result<Vec<_>, _>>()?)
+                .await?)
+            }
+
+            async fn kek_usage(&self) -> Result<Vec<(u32, i64)>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let rows = sqlx::query("SELECT kek_version, count(*) FROM customers GROUP BY kek_version ORDER BY kek_version")
+                    .fetch_all(&mut *conn)
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok(($crate::store::kek_version(r.try_get(0)?)?, r.try_get::<i64, _>(1)?)))
+                    .collect()
+            }
+
+            async fn wrapped_below(&self, active: u32, limit: u32) -> Result<Vec<(uuid::Uuid, $crate::crypto::WrappedKey)>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let rows = sqlx::query("SELECT id, kek_version, wrapped_key FROM customers WHERE kek_version < $1 ORDER BY id LIMIT $2")
+                    .bind(i64::from(active))
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get(0)?,
+                            $crate::crypto::WrappedKey { kek_version: $crate::store::kek_version(r.try_get(1)?)?, bytes: r.try_get(2)? },
+                        ))
+                    })
+                    .collect()
+            }
+
+            async fn replace_wrapped_key(&self, id: uuid::Uuid, from_version: u32, key: &$crate::crypto::WrappedKey) -> Result<bool, $crate::store::StoreError> {
+                let mut conn = self.write.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let n = sqlx::query("UPDATE customers SET kek_version = $1, wrapped_key = $2 WHERE id = $3 AND kek_version = $4")
+                    .bind(i64::from(key.kek_version))
+                    .bind(&key.bytes)
+                    .bind(id)
+                    .bind(i64::from(from_version))
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                Ok(n > 0)
+            }
+
+            async fn erase_customer(&self, t: &$crate::store::Tombstone, audit: &$crate::audit::AuditEvent) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
+                sqlx::query("DELETE FROM blind_index WHERE customer_id = $1").bind(t.id).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM customer_fields WHERE customer_id = $1").bind(t.id).execute(&mut *tx).await?;
+                let n = sqlx::query("DELETE FROM customers WHERE id = $1").bind(t.id).execute(&mut *tx).await?.rows_affected();
+                if n == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                sqlx::query("INSERT INTO customer_tombstones (id, region, erased_at, erased_by, reason) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(t.id)
+                    .bind(&t.region)
+                    .bind(t.erased_at)
+                    .bind(&t.erased_by)
+                    .bind(&t.reason)
+                    .execute(&mut *tx)
+                    .await?;
+                append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn tombstone(&self, id: uuid::Uuid) -> Result<Option<$crate::store::Tombstone>, $crate::store::StoreError> {
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                Ok(sqlx::query_as::<_, $crate::store::Tombstone>(
+                    "SELECT id, region, erased_at, erased_by, reason FROM customer_tombstones WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?)
+            }
+
+            async fn set_status(&self, id: uuid::Uuid, status: $crate::domain::CustomerStatus, audit: &$crate::audit::AuditEvent) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
+                let n = sqlx::query("UPDATE customers SET status = $1, updated_at = $2 WHERE id = $3")
+                    .bind(status.as_str())
+                    .bind(chrono::Utc::now())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn past_retention(
+                &self,
+                kind: $crate::domain::CustomerKind,
+                status: $crate::domain::CustomerStatus,
+                before: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<Vec<(uuid::Uuid, String)>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let rows = sqlx::query("SELECT id, region FROM customers WHERE kind = $1 AND status = $2 AND updated_at < $3 ORDER BY id LIMIT $4")
+                    .bind(kind.as_str())
+                    .bind(status.as_str())
+                    .bind(before)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                Ok(rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<Vec<_>, sqlx::Error>>()?)
             }
         }
     };

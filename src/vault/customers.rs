@@ -16,6 +16,9 @@ use crate::domain::{
 use crate::mask::{self, View};
 use crate::store::{CustomerQuery, CustomerRecord, CustomerUpdate, IndexEntry, SealedField, StoreError, UpdateOutcome};
 
+/// The only purpose under which restricted records are readable.
+pub const LEGAL_REQUEST: &str = "legal_request";
+
 /// Largest page of search results and largest batch.
 pub const MAX_PAGE: u32 = 100;
 
@@ -75,6 +78,10 @@ pub struct Batch {
 /// Characters that would mean a pattern in other systems; exact match never needs them.
 const PATTERN_CHARS: [char; 6] = ['*', '%', '?', '[', ']', '~'];
 
+pub(super) fn summary_of(r: &CustomerRecord) -> CustomerSummary {
+    summary(r)
+}
+
 fn summary(r: &CustomerRecord) -> CustomerSummary {
     CustomerSummary {
         id: r.id,
@@ -88,10 +95,13 @@ fn summary(r: &CustomerRecord) -> CustomerSummary {
     }
 }
 
-fn crypto_error(e: CryptoError) -> VaultError {
+pub(super) fn crypto_error(e: CryptoError) -> VaultError {
     match e {
         CryptoError::Integrity => VaultError::Integrity,
-        CryptoError::UnknownKeyVersion(_) => VaultError::KeyUnavailable(e),
+        CryptoError::UnknownKeyVersion(_) | CryptoError::RetiredKeyVersion(_) => {
+            tracing::error!(error = %e, "DATA KEY UNREADABLE: its key-encryption key version is not available");
+            VaultError::KeyUnavailable(e)
+        }
         other => VaultError::Crypto(other),
     }
 }
@@ -128,11 +138,20 @@ impl Vault {
         let record = self.store.customer(id).await?.ok_or(VaultError::NotFound)?;
         let grant = capability.grant_for(&self.record_region(&record)?).ok_or(VaultError::NotFound)?;
         caller.audit.set_grant(grant);
+        let lifts_restriction = matches!(action, Action::RestrictCustomer | Action::EraseCustomer);
+        if !lifts_restriction && !Self::may_see_restricted(caller, &record) {
+            return Err(VaultError::Restricted);
+        }
         Ok((record, capability))
     }
 
+    /// A restricted record (PIPL art. 47) is readable by nobody except for a legal request.
+    pub(super) fn may_see_restricted(caller: &Caller, record: &CustomerRecord) -> bool {
+        record.status != CustomerStatus::Restricted || caller.purpose() == Some(LEGAL_REQUEST)
+    }
+
     fn data_key(&self, record: &CustomerRecord) -> Result<DataKey, VaultError> {
-        self.keyring.unwrap_data_key(record.id, &record.wrapped_key).map_err(|e| {
+        self.keyring().unwrap_data_key(record.id, &record.wrapped_key).map_err(|e| {
             if e == CryptoError::Integrity {
                 integrity_alert(record.id, None);
             }
@@ -164,6 +183,15 @@ impl Vault {
             out.insert(f.name.clone(), FieldValue::new(text));
         }
         Ok(out)
+    }
+
+    /// Decrypts every field of a record.
+    pub(super) fn open_fields_with(
+        &self,
+        record: &CustomerRecord,
+        key: &DataKey,
+    ) -> Result<BTreeMap<String, FieldValue>, VaultError> {
+        self.open_fields(record, key, None)
     }
 
     fn seal_fields(
@@ -239,6 +267,7 @@ impl Vault {
         capability: &Capability,
         only: Option<&[String]>,
     ) -> Result<Vec<CustomerView>, VaultError> {
+        let records: Vec<&CustomerRecord> = records.iter().filter(|r| Self::may_see_restricted(caller, r)).collect();
         let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
         for id in &ids {
             caller.audit.add_customer(*id);
@@ -270,7 +299,7 @@ impl Vault {
         let id = Uuid::now_v7();
         caller.audit.add_customer(id);
         caller.audit.set_grant(grant);
-        let (key, wrapped_key) = self.keyring.generate_data_key(id).map_err(crypto_error)?;
+        let (key, wrapped_key) = self.keyring().generate_data_key(id).map_err(crypto_error)?;
         let now = Utc::now();
         let record = CustomerRecord {
             id,
@@ -443,7 +472,7 @@ impl Vault {
         }
         let records = self.store.customers_by_ids(&unique, &capability.scopes()).await?;
         let items = self.disclose_all(caller, &records, &capability, only).await?;
-        let not_found = unique.into_iter().filter(|id| !records.iter().any(|r| r.id == *id)).collect();
+        let not_found = unique.into_iter().filter(|id| !items.iter().any(|v| v.summary.id == *id)).collect();
         Ok(Batch { items, not_found })
     }
 

@@ -7,6 +7,8 @@
 mod audit;
 mod customers;
 mod grants;
+pub mod keys;
+mod lifecycle;
 pub mod limits;
 
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use crate::audit::guard::{BulkGuard, GuardPolicy};
 use crate::audit::{AuditHandle, CheckpointVerifier};
 use crate::auth::Principal;
 use crate::authz::{Authorizer, Denied, GrantCache, Policy};
-use crate::crypto::{BlindIndex, CryptoError, Keyring};
+use crate::crypto::{BlindIndex, CryptoError, KeySource};
 use crate::domain::{Catalogue, Regions, ValidationErrors};
 use crate::mask::ViewPolicy;
 use crate::store::{Store, StoreError};
@@ -53,6 +55,11 @@ pub enum VaultError {
     BulkAccessBlocked,
     #[error("audit unavailable")]
     AuditUnavailable,
+    #[error("keys: {0}")]
+    Keys(crate::crypto::KeyFileError),
+    /// The record is restricted (PIPL art. 47): only legal requests may read it.
+    #[error("customer restricted")]
+    Restricted,
     /// A stored ciphertext failed authentication: tampering, or a ciphertext moved.
     #[error("integrity check failed")]
     Integrity,
@@ -95,6 +102,8 @@ pub struct VaultOptions {
     pub reveals_per_hour: u32,
     /// Bulk-access guard.
     pub guard: GuardPolicy,
+    /// Retention periods: (kind, status, days).
+    pub retention: Vec<(crate::domain::CustomerKind, crate::domain::CustomerStatus, u32)>,
 }
 
 impl Default for VaultOptions {
@@ -102,6 +111,7 @@ impl Default for VaultOptions {
         VaultOptions {
             reveals_per_hour: 20,
             guard: GuardPolicy { threshold: 500, window: std::time::Duration::from_secs(3600) },
+            retention: Vec::new(),
         }
     }
 }
@@ -109,7 +119,7 @@ impl Default for VaultOptions {
 /// What a vault is assembled from.
 pub struct VaultParts {
     pub store: Arc<dyn Store>,
-    pub keyring: Arc<Keyring>,
+    pub keys: Arc<dyn KeySource>,
     pub catalogue: Arc<Catalogue>,
     pub regions: &'static Regions,
     pub policy: Arc<Policy>,
@@ -122,7 +132,7 @@ pub struct VaultParts {
 /// The vault.
 pub struct Vault {
     store: Arc<dyn Store>,
-    keyring: Arc<Keyring>,
+    keys: keys::Keys,
     catalogue: Arc<Catalogue>,
     regions: &'static Regions,
     authz: Authorizer,
@@ -131,6 +141,7 @@ pub struct Vault {
     reveals: RateLimiter,
     guard: BulkGuard,
     verifier: Option<CheckpointVerifier>,
+    retention: Vec<(crate::domain::CustomerKind, crate::domain::CustomerStatus, u32)>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -142,13 +153,15 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     /// Assembles the vault and loads the authorization state.
     pub async fn open(parts: VaultParts) -> Result<Self, VaultError> {
-        let VaultParts { store, keyring, catalogue, regions, policy, views, verifier, options } = parts;
+        let VaultParts { store, keys, catalogue, regions, policy, views, verifier, options } = parts;
+        let keys = keys::Keys::load(keys).map_err(VaultError::Keys)?;
+        let keyring = keys.current();
         let index = BlindIndex::new(&keyring, catalogue.fields().filter(|f| f.searchable).map(|f| f.name.as_str()))
             .map_err(VaultError::Crypto)?;
         let grants = GrantCache::load(store.clone(), regions).await?;
         Ok(Vault {
             store,
-            keyring,
+            keys,
             catalogue,
             regions,
             authz: Authorizer::new(policy, grants),
@@ -157,6 +170,7 @@ impl Vault {
             reveals: RateLimiter::new(options.reveals_per_hour, std::time::Duration::from_secs(3600)),
             guard: BulkGuard::new(options.guard),
             verifier,
+            retention: options.retention,
         })
     }
 

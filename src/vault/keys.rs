@@ -1,0 +1,217 @@
+//! Key lifecycle use cases: the live keyring (reloaded from its source), rotation, background
+//! rewrap of data keys to the newest KEK version, retirement of old versions, and status.
+
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use super::{Caller, Vault, VaultError};
+use crate::audit::{AuditEvent, AuditHandle};
+use crate::authz::{Action, Denied};
+use crate::crypto::{KeyFileError, KeySource, Keyring};
+use crate::domain::RegionId;
+
+/// The keyring in use, replaceable when the source changes.
+pub struct Keys {
+    source: Arc<dyn KeySource>,
+    current: RwLock<Arc<Keyring>>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").field("source", &self.source.describe()).finish_non_exhaustive()
+    }
+}
+
+impl Keys {
+    pub fn load(source: Arc<dyn KeySource>) -> Result<Self, KeyFileError> {
+        let ring = source.load()?;
+        Ok(Keys { source, current: RwLock::new(Arc::new(ring)) })
+    }
+
+    /// The keyring now.
+    pub fn current(&self) -> Arc<Keyring> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Reloads from the source; keeps the current keyring when the source fails.
+    pub fn reload(&self) -> Result<(), KeyFileError> {
+        let ring = Arc::new(self.source.load()?);
+        match self.current.write() {
+            Ok(mut g) => *g = ring,
+            Err(p) => *p.into_inner() = ring,
+        }
+        Ok(())
+    }
+
+    pub fn source(&self) -> &dyn KeySource {
+        &*self.source
+    }
+}
+
+/// One KEK version.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyVersionStatus {
+    pub version: u32,
+    pub fingerprint: String,
+    /// `active` (wraps new data keys), `live` (still unwraps) or `retired` (material destroyed).
+    pub state: &'static str,
+    /// Data keys wrapped under this version.
+    pub data_keys: i64,
+}
+
+/// The state of the keys and of the rewrap.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyStatus {
+    pub source: String,
+    pub active_version: u32,
+    pub versions: Vec<KeyVersionStatus>,
+    /// Data keys still wrapped under an older version.
+    pub rewrap_pending: i64,
+    /// Share of data keys under the active version, in percent.
+    pub rewrap_progress: f64,
+}
+
+/// Records rewrapped per batch.
+const REWRAP_BATCH: u32 = 500;
+
+impl Vault {
+    /// Key management happens at the group level only.
+    fn check_key_manager(&self, caller: &Caller) -> Result<(), VaultError> {
+        let cap = self.authz.capability(&caller.principal, Action::ManageKeys, None)?;
+        match cap.grant_for(&RegionId::group()) {
+            Some(g) => {
+                caller.audit.set_grant(g);
+                Ok(())
+            }
+            None => Err(Denied::RegionOutOfScope.into()),
+        }
+    }
+
+    /// The keyring now.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keys.current()
+    }
+
+    /// Reloads the keyring from its source (a rotation made elsewhere takes effect here).
+    pub fn reload_keys(&self) -> Result<(), VaultError> {
+        self.keys.reload().map_err(VaultError::Keys)
+    }
+
+    /// Key versions, their use, and rewrap progress.
+    pub async fn key_status_unchecked(&self) -> Result<KeyStatus, VaultError> {
+        let ring = self.keyring();
+        let usage = self.store.kek_usage().await?;
+        let count = |v: u32| usage.iter().find(|(u, _)| *u == v).map_or(0, |(_, c)| *c);
+        let mut versions: Vec<KeyVersionStatus> = ring
+            .versions()
+            .map(|(v, fp)| KeyVersionStatus {
+                version: v,
+                fingerprint: fp.to_owned(),
+                state: if v == ring.active_version() { "active" } else { "live" },
+                data_keys: count(v),
+            })
+            .chain(ring.retired_versions().map(|(v, fp)| KeyVersionStatus {
+                version: v,
+                fingerprint: fp.to_owned(),
+                state: "retired",
+                data_keys: count(v),
+            }))
+            .collect();
+        versions.sort_by_key(|v| v.version);
+        let total: i64 = usage.iter().map(|(_, c)| c).sum();
+        let pending: i64 = usage.iter().filter(|(v, _)| *v < ring.active_version()).map(|(_, c)| c).sum();
+        Ok(KeyStatus {
+            source: self.keys.source().describe(),
+            active_version: ring.active_version(),
+            versions,
+            rewrap_pending: pending,
+            rewrap_progress: if total == 0 { 100.0 } else { 100.0 * (total - pending) as f64 / total as f64 },
+        })
+    }
+
+    /// Key status, for key managers.
+    pub async fn key_status(&self, caller: &Caller) -> Result<KeyStatus, VaultError> {
+        self.check_key_manager(caller)?;
+        self.key_status_unchecked().await
+    }
+
+    /// Adds a KEK version (through the API), audited with the request.
+    pub async fn rotate_keys(&self, caller: &Caller) -> Result<KeyStatus, VaultError> {
+        self.check_key_manager(caller)?;
+        let version = self.keys.source().rotate().map_err(VaultError::Keys)?;
+        self.reload_keys()?;
+        tracing::info!(version, "key-encryption key rotated; rewrap runs in the background");
+        self.key_status_unchecked().await
+    }
+
+    /// Adds a KEK version (command line), with its own audit event.
+    pub async fn rotate_keys_as(&self, actor: &str) -> Result<u32, VaultError> {
+        let version = self.keys.source().rotate().map_err(VaultError::Keys)?;
+        self.reload_keys()?;
+        self.system_event(actor, "keys.rotate").await?;
+        Ok(version)
+    }
+
+    /// Destroys an old KEK version's material once no data key is wrapped under it.
+    pub async fn retire_key_as(&self, actor: &str, version: u32) -> Result<(), VaultError> {
+        self.reload_keys()?;
+        if self.keyring().active_version() == version {
+            return Err(VaultError::Keys(KeyFileError::NotRetirable(version)));
+        }
+        let in_use = self.store.kek_usage().await?.iter().any(|(v, c)| *v == version && *c > 0);
+        if in_use {
+            return Err(VaultError::Keys(KeyFileError::StillInUse(version)));
+        }
+        self.keys.source().retire(version).map_err(VaultError::Keys)?;
+        self.reload_keys()?;
+        self.system_event(actor, "keys.retire").await?;
+        Ok(())
+    }
+
+    /// Moves up to one batch of data keys to the active KEK version; returns how many moved.
+    /// Resumable by construction: progress is what the database holds.
+    pub async fn rewrap_batch(&self) -> Result<usize, VaultError> {
+        let ring = self.keyring();
+        let active = ring.active_version();
+        let batch = self.store.wrapped_below(active, REWRAP_BATCH).await?;
+        let mut moved = 0;
+        for (id, wrapped) in batch {
+            let fresh = match ring.rewrap(id, &wrapped) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!(customer_id = %id, error = %e, "cannot rewrap a data key");
+                    continue;
+                }
+            };
+            if self.store.replace_wrapped_key(id, wrapped.kek_version, &fresh).await? {
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Rewraps until nothing is left (or nothing more can be moved).
+    pub async fn rewrap_all(&self) -> Result<usize, VaultError> {
+        let mut total = 0;
+        loop {
+            let moved = self.rewrap_batch().await?;
+            if moved == 0 {
+                return Ok(total);
+            }
+            total += moved;
+        }
+    }
+
+    /// Appends an event for work done outside a request (command line, background tasks).
+    pub(super) async fn system_event(&self, actor: &str, action: &str) -> Result<(), VaultError> {
+        let handle = AuditHandle::detached(action);
+        handle.set_principal(actor);
+        let event: AuditEvent = handle.closed(200);
+        self.store.append_audit(&[event]).await?;
+        Ok(())
+    }
+}
