@@ -46,6 +46,14 @@ pub fn test_config(database_url: String) -> Config {
     c
 }
 
+/// A private copy of the example key file (for tests that rotate or retire keys).
+pub fn temp_keys() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.toml");
+    std::fs::copy(root_path("keys-example/keys.toml"), &path).unwrap();
+    (dir, path)
+}
+
 /// Where a test's database lives.
 pub enum Db {
     Sqlite { _dir: tempfile::TempDir, path: PathBuf },
@@ -119,7 +127,7 @@ pub struct Harness {
     pub base: String,
     pub client: reqwest::Client,
     pub db: Db,
-    _server: custodia::app::RunningServer,
+    server: custodia::app::RunningServer,
 }
 
 impl Harness {
@@ -136,10 +144,15 @@ impl Harness {
             base: format!("http://{}", server.addr),
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
             db,
-            _server: server,
+            server,
         };
         h.grant(ALICE, "account_manager", "CN").await;
         h
+    }
+
+    /// The in-process vault behind the server.
+    pub fn vault(&self) -> &std::sync::Arc<custodia::vault::Vault> {
+        &self.server.state.vault
     }
 
     /// Starts another vault instance on the same database.
@@ -215,6 +228,7 @@ impl Harness {
                     q = match b {
                         Bind::Id(u) => q.bind(*u),
                         Bind::Bytes(v) => q.bind(v.clone()),
+                        Bind::Time(t) => q.bind(*t),
                     };
                 }
                 q.execute(&mut $conn).await.unwrap().rows_affected()
@@ -368,6 +382,7 @@ impl Harness {
 pub enum Bind {
     Id(Uuid),
     Bytes(Vec<u8>),
+    Time(chrono::DateTime<chrono::Utc>),
 }
 
 /// Whether `haystack` contains `needle`.
