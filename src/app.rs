@@ -185,6 +185,11 @@ fn spawn_maintenance(vault: std::sync::Weak<Vault>, retention_every: Duration) {
                 Ok(n) => tracing::info!(rewrapped = n, "data keys rewrapped to the active key version"),
                 Err(e) => tracing::warn!(error = %e, "rewrap paused"),
             }
+            match vault.reindex_all().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(reindexed = n, "records re-indexed under the current index version"),
+                Err(e) => tracing::warn!(error = %e, "re-index paused"),
+            }
             if !retention_every.is_zero() && last_retention.elapsed() >= retention_every {
                 last_retention = tokio::time::Instant::now();
                 if let Err(e) = vault.run_retention().await {

@@ -92,6 +92,12 @@ enum KeysCommand {
         #[arg(long)]
         version: u32,
     },
+    /// Add a blind-index key version; records are re-indexed under it (`reindex`, or `serve`).
+    RotateIndex,
+    /// Re-index every record under the current blind-index version now.
+    Reindex,
+    /// Destroy older blind-index versions once nothing is indexed under them.
+    RetireIndex,
 }
 
 #[derive(Subcommand)]
@@ -238,6 +244,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 KeysCommand::Rewrap => {
                     let moved = vault.rewrap_all().await?;
                     println!("{moved} data keys rewrapped");
+                }
+                KeysCommand::RotateIndex => {
+                    let version = vault.rotate_index_as(actor).await?;
+                    println!(
+                        "blind-index version {version} added; run `custodia keys reindex` (serve also re-indexes)"
+                    );
+                }
+                KeysCommand::Reindex => {
+                    let done = vault.reindex_all().await?;
+                    println!("{done} records re-indexed");
+                }
+                KeysCommand::RetireIndex => {
+                    vault.retire_old_index_as(actor).await?;
+                    println!("older blind-index versions retired");
                 }
                 KeysCommand::Retire { version } => {
                     vault.retire_key_as(actor, version).await?;

@@ -26,7 +26,31 @@ struct KeyFile {
     #[serde(default)]
     example: bool,
     kek: Vec<KeyEntry>,
-    index: KeyEntry,
+    /// One `[index]` table, or `[[index]]` versions after an index rotation.
+    index: IndexEntries,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(untagged)]
+enum IndexEntries {
+    One(KeyEntry),
+    Many(Vec<KeyEntry>),
+}
+
+impl IndexEntries {
+    fn entries(&self) -> &[KeyEntry] {
+        match self {
+            IndexEntries::One(e) => std::slice::from_ref(e),
+            IndexEntries::Many(v) => v,
+        }
+    }
+
+    fn into_vec(self) -> Vec<KeyEntry> {
+        match self {
+            IndexEntries::One(e) => vec![e],
+            IndexEntries::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize)]
@@ -80,7 +104,8 @@ pub struct Keyring {
     /// Retired versions and their fingerprints: their material is gone.
     retired: BTreeMap<u32, String>,
     active: u32,
-    index_root: SecretBox<[u8; 32]>,
+    /// Live blind-index root secrets by version; the highest is current.
+    index_roots: BTreeMap<u32, SecretBox<[u8; 32]>>,
     index_version: u32,
     example: bool,
 }
@@ -170,15 +195,16 @@ impl Keyring {
         if retired.keys().any(|v| keks.contains_key(v) || *v > active) {
             return Err(KeyFileError::Invalid("a retired version must be older than the active one and appear once"));
         }
-        let index_key = decode_key(&file.index.key)?;
-        Ok(Keyring {
-            keks,
-            retired,
-            active,
-            index_root: SecretBox::new(Box::new(*index_key)),
-            index_version: file.index.version,
-            example,
-        })
+        let mut index_roots = BTreeMap::new();
+        for entry in file.index.entries().iter().filter(|e| !e.retired) {
+            let key = decode_key(&entry.key)?;
+            if index_roots.insert(entry.version, SecretBox::new(Box::new(*key))).is_some() {
+                return Err(KeyFileError::Invalid("an index version appears twice"));
+            }
+        }
+        let index_version =
+            *index_roots.keys().next_back().ok_or(KeyFileError::Invalid("the key file holds no live index key"))?;
+        Ok(Keyring { keks, retired, active, index_roots, index_version, example })
     }
 
     /// Whether these are the public example keys.
@@ -209,8 +235,14 @@ impl Keyring {
         self.retired.iter().map(|(v, f)| (*v, f.as_str()))
     }
 
-    /// Derives a 32-byte subkey of the blind-index root secret for `purpose` (HKDF-SHA256).
-    pub fn derive_index_key(&self, purpose: &str) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+    /// The live blind-index versions.
+    pub fn index_versions(&self) -> impl Iterator<Item = u32> + '_ {
+        self.index_roots.keys().copied()
+    }
+
+    /// Derives a 32-byte subkey of blind-index root `version` for `purpose` (HKDF-SHA256).
+    pub fn derive_index_key(&self, version: u32, purpose: &str) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+        let root = self.index_roots.get(&version).ok_or(CryptoError::UnknownKeyVersion(version))?;
         struct Len32;
         impl ring::hkdf::KeyType for Len32 {
             fn len(&self) -> usize {
@@ -218,7 +250,7 @@ impl Keyring {
             }
         }
         let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"custodia/blind-index/v1");
-        let prk = salt.extract(self.index_root.expose_secret());
+        let prk = salt.extract(root.expose_secret());
         let info = [purpose.as_bytes()];
         let mut out = Zeroizing::new([0u8; 32]);
         prk.expand(&info, Len32).and_then(|okm| okm.fill(out.as_mut())).map_err(|_| CryptoError::Derivation)?;
@@ -253,6 +285,33 @@ pub fn rotate_text(text: &str) -> Result<(Zeroizing<String>, u32), KeyFileError>
     // A rotated file is no longer the public example, though it may still hold example versions.
     file.example = false;
     Ok((render(&file)?, version))
+}
+
+/// Adds a new blind-index root version to key file text; returns the new text and version.
+pub fn rotate_index_text(text: &str) -> Result<(Zeroizing<String>, u32), KeyFileError> {
+    let mut file: KeyFile = toml::from_str(text).map_err(|_| KeyFileError::Parse("syntax error".into()))?;
+    let mut entries = std::mem::replace(&mut file.index, IndexEntries::Many(Vec::new())).into_vec();
+    let version = entries.iter().map(|k| k.version).max().unwrap_or(0) + 1;
+    entries.push(KeyEntry { version, key: random_key_b64()?, retired: false, fingerprint: None });
+    file.index = IndexEntries::Many(entries);
+    file.example = false;
+    Ok((render(&file)?, version))
+}
+
+/// Destroys the material of every blind-index version older than the current one.
+pub fn retire_old_index_text(text: &str) -> Result<Zeroizing<String>, KeyFileError> {
+    let mut file: KeyFile = toml::from_str(text).map_err(|_| KeyFileError::Parse("syntax error".into()))?;
+    let mut entries = std::mem::replace(&mut file.index, IndexEntries::Many(Vec::new())).into_vec();
+    let current = entries.iter().filter(|e| !e.retired).map(|e| e.version).max().unwrap_or(0);
+    for e in entries.iter_mut().filter(|e| !e.retired && e.version < current) {
+        let key = decode_key(&e.key)?;
+        e.fingerprint = Some(fingerprint(&key));
+        e.key.zeroize();
+        e.key = String::new();
+        e.retired = true;
+    }
+    file.index = IndexEntries::Many(entries);
+    render(&file)
 }
 
 /// Destroys the material of KEK `version` in key file text, keeping its fingerprint.

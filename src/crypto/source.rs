@@ -10,7 +10,9 @@
 
 use std::path::PathBuf;
 
-use super::keyring::{retire_text, rotate_text, write_key_file, KeyFileError, Keyring};
+use super::keyring::{
+    retire_old_index_text, retire_text, rotate_index_text, rotate_text, write_key_file, KeyFileError, Keyring,
+};
 
 /// A source of key-encryption keys.
 pub trait KeySource: Send + Sync {
@@ -24,6 +26,14 @@ pub trait KeySource: Send + Sync {
     }
     /// Destroys the material of an old version.
     fn retire(&self, _version: u32) -> Result<(), KeyFileError> {
+        Err(KeyFileError::ReadOnly("this key source cannot retire versions; retire where its keys are managed"))
+    }
+    /// Adds a blind-index root version.
+    fn rotate_index(&self) -> Result<u32, KeyFileError> {
+        Err(KeyFileError::ReadOnly("this key source cannot rotate; rotate where its keys are managed"))
+    }
+    /// Destroys the material of every blind-index version but the current one.
+    fn retire_old_index(&self) -> Result<(), KeyFileError> {
         Err(KeyFileError::ReadOnly("this key source cannot retire versions; retire where its keys are managed"))
     }
 }
@@ -59,6 +69,17 @@ impl KeySource for FileSource {
 
     fn retire(&self, version: u32) -> Result<(), KeyFileError> {
         let text = retire_text(&self.read()?, version)?;
+        write_key_file(&self.path, &text)
+    }
+
+    fn rotate_index(&self) -> Result<u32, KeyFileError> {
+        let (text, version) = rotate_index_text(&self.read()?)?;
+        write_key_file(&self.path, &text)?;
+        Ok(version)
+    }
+
+    fn retire_old_index(&self) -> Result<(), KeyFileError> {
+        let text = retire_old_index_text(&self.read()?)?;
         write_key_file(&self.path, &text)
     }
 }

@@ -68,8 +68,8 @@ pub struct IndexEntry {
 /// A customer search, filtered in SQL: exact blind-index matches, the caller's scopes, filters.
 #[derive(Clone, Debug)]
 pub struct CustomerQuery {
-    /// (field, digest) pairs that must all match.
-    pub matches: Vec<(String, Vec<u8>)>,
+    /// Per field, the (index version, digest) pairs of which one must match; all fields must.
+    pub matches: Vec<(String, Vec<(i32, Vec<u8>)>)>,
     /// The caller's scopes; empty means nothing is visible.
     pub scopes: Vec<RegionId>,
     /// An additional region filter.
@@ -261,6 +261,13 @@ pub trait Store: Send + Sync + 'static {
     /// Clears an open alert; false when there was none with that id.
     async fn clear_alert(&self, id: Uuid, by: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<bool, StoreError>;
     async fn alerts(&self, limit: u32) -> Result<Vec<AlertRecord>, StoreError>;
+
+    /// Records with blind-index entries under a version older than `current`.
+    async fn index_stale(&self, current: i32, limit: u32) -> Result<Vec<Uuid>, StoreError>;
+    /// How many records still have entries under an older index version.
+    async fn index_stale_count(&self, current: i32) -> Result<i64, StoreError>;
+    /// Replaces a record's blind-index entries.
+    async fn replace_index(&self, id: Uuid, entries: &[IndexEntry]) -> Result<(), StoreError>;
 
     /// How many data keys each KEK version wraps.
     async fn kek_usage(&self) -> Result<Vec<(u32, i64)>, StoreError>;

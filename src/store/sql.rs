@@ -261,12 +261,21 @@ macro_rules! impl_store {
                 use sqlx::Row;
                 let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
                 let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT c.id FROM customers c WHERE 1 = 1");
-                for (field, digest) in &q.matches {
+                for (field, digests) in &q.matches {
                     qb.push(" AND c.id IN (SELECT customer_id FROM blind_index WHERE field = ");
                     qb.push_bind(field.as_str());
-                    qb.push(" AND digest = ");
-                    qb.push_bind(digest.as_slice());
-                    qb.push(")");
+                    qb.push(" AND (");
+                    for (i, (version, digest)) in digests.iter().enumerate() {
+                        if i > 0 {
+                            qb.push(" OR ");
+                        }
+                        qb.push("(key_version = ");
+                        qb.push_bind(*version);
+                        qb.push(" AND digest = ");
+                        qb.push_bind(digest.as_slice());
+                        qb.push(")");
+                    }
+                    qb.push("))");
                 }
                 $crate::store::push_scope_filter(&mut qb, "c.region", &q.scopes);
                 if let Some(region) = &q.region {
@@ -707,6 +716,35 @@ macro_rules! impl_store {
                     .fetch_all(&mut *conn)
                     .await?;
                 Ok(rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<Vec<_>, sqlx::Error>>()?)
+            }
+
+            async fn index_stale(&self, current: i32, limit: u32) -> Result<Vec<uuid::Uuid>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let rows = sqlx::query("SELECT DISTINCT customer_id FROM blind_index WHERE key_version < $1 ORDER BY customer_id LIMIT $2")
+                    .bind(current)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<_>, _>>()?)
+            }
+
+            async fn index_stale_count(&self, current: i32) -> Result<i64, $crate::store::StoreError> {
+                use sqlx::Row;
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                Ok(sqlx::query("SELECT count(DISTINCT customer_id) FROM blind_index WHERE key_version < $1")
+                    .bind(current)
+                    .fetch_one(&mut *conn)
+                    .await?
+                    .try_get(0)?)
+            }
+
+            async fn replace_index(&self, id: uuid::Uuid, entries: &[$crate::store::IndexEntry]) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
+                sqlx::query("DELETE FROM blind_index WHERE customer_id = $1").bind(id).execute(&mut *tx).await?;
+                insert_index_in(&mut tx, id, entries).await?;
+                tx.commit().await?;
+                Ok(())
             }
         }
     };

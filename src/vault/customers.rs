@@ -211,12 +211,13 @@ impl Vault {
     }
 
     /// Blind-index entries of the searchable fields among `fields` (already normalised).
-    fn index_entries(&self, fields: &BTreeMap<String, FieldValue>) -> Vec<IndexEntry> {
-        let version = i32::try_from(self.index.version()).unwrap_or(i32::MAX);
+    pub(super) fn index_entries(&self, fields: &BTreeMap<String, FieldValue>) -> Vec<IndexEntry> {
+        let index = self.keys.index();
+        let version = i32::try_from(index.version()).unwrap_or(i32::MAX);
         fields
             .iter()
             .filter_map(|(name, value)| {
-                self.index.digest(name, value.expose()).map(|d| IndexEntry {
+                index.digest(name, value.expose()).map(|d| IndexEntry {
                     field: name.clone(),
                     digest: d.to_vec(),
                     key_version: version,
@@ -386,6 +387,7 @@ impl Vault {
         if req.matches.is_empty() {
             return Err(VaultError::UnsupportedQuery("name at least one searchable field in match"));
         }
+        let index = self.keys.index();
         let mut matches = Vec::with_capacity(req.matches.len());
         for (field, value) in &req.matches {
             let spec = self.catalogue.get(field).filter(|s| s.searchable).ok_or(VaultError::UnsupportedQuery(
@@ -398,15 +400,24 @@ impl Vault {
                 .catalogue
                 .validate(spec, value.expose(), self.regions)
                 .map_err(|rule| invalid(&format!("match.{field}"), rule))?;
-            let digest =
-                self.index.digest(field, &normalised).ok_or(VaultError::UnsupportedQuery("field is not indexed"))?;
-            matches.push((field.clone(), digest.to_vec()));
+            // Every live index version: records not yet re-indexed after an index rotation are found too.
+            let digests: Vec<(i32, Vec<u8>)> = index
+                .digests(field, &normalised)
+                .into_iter()
+                .map(|(v, d)| (i32::try_from(v).unwrap_or(i32::MAX), d.to_vec()))
+                .collect();
+            if digests.is_empty() {
+                return Err(VaultError::UnsupportedQuery("field is not indexed"));
+            }
+            matches.push((field.clone(), digests));
         }
         // The audit keeps the search terms as their blind-index digests only.
         let mut query = serde_json::Map::new();
         let digests: serde_json::Map<String, serde_json::Value> = matches
             .iter()
-            .map(|(f, d)| (f.clone(), d.iter().map(|b| format!("{b:02x}")).collect::<String>().into()))
+            .filter_map(|(f, ds)| {
+                ds.last().map(|(_, d)| (f.clone(), d.iter().map(|b| format!("{b:02x}")).collect::<String>().into()))
+            })
             .collect();
         query.insert("match".into(), digests.into());
         let region = match req.region.as_deref() {

@@ -8,13 +8,14 @@ use serde::Serialize;
 use super::{Caller, Vault, VaultError};
 use crate::audit::{AuditEvent, AuditHandle};
 use crate::authz::{Action, Denied};
-use crate::crypto::{KeyFileError, KeySource, Keyring};
+use crate::crypto::{BlindIndex, KeyFileError, KeySource, Keyring};
 use crate::domain::RegionId;
 
-/// The keyring in use, replaceable when the source changes.
+/// The keyring and the blind-index keys derived from it, replaceable when the source changes.
 pub struct Keys {
     source: Arc<dyn KeySource>,
-    current: RwLock<Arc<Keyring>>,
+    searchable: Vec<String>,
+    current: RwLock<(Arc<Keyring>, Arc<BlindIndex>)>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -24,25 +25,40 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
-    pub fn load(source: Arc<dyn KeySource>) -> Result<Self, KeyFileError> {
-        let ring = source.load()?;
-        Ok(Keys { source, current: RwLock::new(Arc::new(ring)) })
+    pub fn load(source: Arc<dyn KeySource>, searchable: Vec<String>) -> Result<Self, VaultError> {
+        let loaded = Self::derive(&*source, &searchable)?;
+        Ok(Keys { source, searchable, current: RwLock::new(loaded) })
     }
 
-    /// The keyring now.
-    pub fn current(&self) -> Arc<Keyring> {
+    fn derive(source: &dyn KeySource, searchable: &[String]) -> Result<(Arc<Keyring>, Arc<BlindIndex>), VaultError> {
+        let ring = source.load().map_err(VaultError::Keys)?;
+        let index = BlindIndex::new(&ring, searchable).map_err(VaultError::Crypto)?;
+        Ok((Arc::new(ring), Arc::new(index)))
+    }
+
+    fn read(&self) -> (Arc<Keyring>, Arc<BlindIndex>) {
         match self.current.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         }
     }
 
-    /// Reloads from the source; keeps the current keyring when the source fails.
-    pub fn reload(&self) -> Result<(), KeyFileError> {
-        let ring = Arc::new(self.source.load()?);
+    /// The keyring now.
+    pub fn current(&self) -> Arc<Keyring> {
+        self.read().0
+    }
+
+    /// The blind-index keys now.
+    pub fn index(&self) -> Arc<BlindIndex> {
+        self.read().1
+    }
+
+    /// Reloads from the source; keeps the current keys when the source fails.
+    pub fn reload(&self) -> Result<(), VaultError> {
+        let loaded = Self::derive(&*self.source, &self.searchable)?;
         match self.current.write() {
-            Ok(mut g) => *g = ring,
-            Err(p) => *p.into_inner() = ring,
+            Ok(mut g) => *g = loaded,
+            Err(p) => *p.into_inner() = loaded,
         }
         Ok(())
     }
@@ -71,6 +87,11 @@ pub struct KeyStatus {
     pub versions: Vec<KeyVersionStatus>,
     /// Data keys still wrapped under an older version.
     pub rewrap_pending: i64,
+    /// The blind-index version that indexes writes, and the live ones searches use.
+    pub index_version: u32,
+    pub index_versions: Vec<u32>,
+    /// Records whose blind-index entries are still under an older index version.
+    pub reindex_pending: i64,
     /// Share of data keys under the active version, in percent.
     pub rewrap_progress: f64,
 }
@@ -98,7 +119,7 @@ impl Vault {
 
     /// Reloads the keyring from its source (a rotation made elsewhere takes effect here).
     pub fn reload_keys(&self) -> Result<(), VaultError> {
-        self.keys.reload().map_err(VaultError::Keys)
+        self.keys.reload()
     }
 
     /// Key versions, their use, and rewrap progress.
@@ -124,7 +145,12 @@ impl Vault {
         versions.sort_by_key(|v| v.version);
         let total: i64 = usage.iter().map(|(_, c)| c).sum();
         let pending: i64 = usage.iter().filter(|(v, _)| *v < ring.active_version()).map(|(_, c)| c).sum();
+        let index_version = ring.index_version();
+        let reindex_pending = self.store.index_stale_count(i32::try_from(index_version).unwrap_or(i32::MAX)).await?;
         Ok(KeyStatus {
+            index_version,
+            index_versions: ring.index_versions().collect(),
+            reindex_pending,
             source: self.keys.source().describe(),
             active_version: ring.active_version(),
             versions,
@@ -192,6 +218,62 @@ impl Vault {
             }
         }
         Ok(moved)
+    }
+
+    /// Adds a blind-index version (command line); re-indexing follows in the background.
+    pub async fn rotate_index_as(&self, actor: &str) -> Result<u32, VaultError> {
+        let version = self.keys.source().rotate_index().map_err(VaultError::Keys)?;
+        self.reload_keys()?;
+        self.system_event(actor, "keys.rotate_index").await?;
+        Ok(version)
+    }
+
+    /// Destroys older blind-index versions once every record is re-indexed.
+    pub async fn retire_old_index_as(&self, actor: &str) -> Result<(), VaultError> {
+        self.reload_keys()?;
+        let current = i32::try_from(self.keyring().index_version()).unwrap_or(i32::MAX);
+        if self.store.index_stale_count(current).await? > 0 {
+            return Err(VaultError::Keys(KeyFileError::Invalid(
+                "records are still indexed under an older index version; run `custodia keys reindex` first",
+            )));
+        }
+        self.keys.source().retire_old_index().map_err(VaultError::Keys)?;
+        self.reload_keys()?;
+        self.system_event(actor, "keys.retire_index").await?;
+        Ok(())
+    }
+
+    /// Re-indexes up to one batch of records under the current index version.
+    pub async fn reindex_batch(&self) -> Result<usize, VaultError> {
+        let current = i32::try_from(self.keyring().index_version()).unwrap_or(i32::MAX);
+        let ids = self.store.index_stale(current, REWRAP_BATCH).await?;
+        let mut done = 0;
+        for id in ids {
+            let Some(record) = self.store.customer(id).await? else { continue };
+            let key = match self.keyring().unwrap_data_key(record.id, &record.wrapped_key) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!(customer_id = %id, error = %e, "cannot re-index a record");
+                    continue;
+                }
+            };
+            let fields = self.open_fields_with(&record, &key)?;
+            self.store.replace_index(id, &self.index_entries(&fields)).await?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Re-indexes until nothing is left.
+    pub async fn reindex_all(&self) -> Result<usize, VaultError> {
+        let mut total = 0;
+        loop {
+            let done = self.reindex_batch().await?;
+            if done == 0 {
+                return Ok(total);
+            }
+            total += done;
+        }
     }
 
     /// Rewraps until nothing is left (or nothing more can be moved).

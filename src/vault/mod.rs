@@ -17,7 +17,7 @@ use crate::audit::guard::{BulkGuard, GuardPolicy};
 use crate::audit::{AuditHandle, CheckpointVerifier};
 use crate::auth::Principal;
 use crate::authz::{Authorizer, Denied, GrantCache, Policy};
-use crate::crypto::{BlindIndex, CryptoError, KeySource};
+use crate::crypto::{CryptoError, KeySource};
 use crate::domain::{Catalogue, Regions, ValidationErrors};
 use crate::mask::ViewPolicy;
 use crate::store::{Store, StoreError};
@@ -137,7 +137,6 @@ pub struct Vault {
     regions: &'static Regions,
     authz: Authorizer,
     views: Arc<ViewPolicy>,
-    index: BlindIndex,
     reveals: RateLimiter,
     guard: BulkGuard,
     verifier: Option<CheckpointVerifier>,
@@ -154,10 +153,8 @@ impl Vault {
     /// Assembles the vault and loads the authorization state.
     pub async fn open(parts: VaultParts) -> Result<Self, VaultError> {
         let VaultParts { store, keys, catalogue, regions, policy, views, verifier, options } = parts;
-        let keys = keys::Keys::load(keys).map_err(VaultError::Keys)?;
-        let keyring = keys.current();
-        let index = BlindIndex::new(&keyring, catalogue.fields().filter(|f| f.searchable).map(|f| f.name.as_str()))
-            .map_err(VaultError::Crypto)?;
+        let searchable = catalogue.fields().filter(|f| f.searchable).map(|f| f.name.clone()).collect();
+        let keys = keys::Keys::load(keys, searchable)?;
         let grants = GrantCache::load(store.clone(), regions).await?;
         Ok(Vault {
             store,
@@ -166,7 +163,6 @@ impl Vault {
             regions,
             authz: Authorizer::new(policy, grants),
             views,
-            index,
             reveals: RateLimiter::new(options.reveals_per_hour, std::time::Duration::from_secs(3600)),
             guard: BulkGuard::new(options.guard),
             verifier,

@@ -236,3 +236,42 @@ async fn environment_key_source_is_read_only() {
         h.client.get(h.url("/v1/admin/keys")).bearer_auth(mint(ROOT_ADMIN)).send().await.unwrap().json().await.unwrap();
     assert!(status["source"].as_str().unwrap().contains(&var));
 }
+
+/// Rotating the blind-index key: search keeps finding every record while re-indexing runs,
+/// and after it, with the old index version retired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blind_index_rotation_and_reindex() {
+    let (_keys_dir, keys) = temp_keys();
+    let h = Harness::start_with(Db::sqlite(), |c| c.keys_file = keys.clone()).await;
+    let before = h.create(individual("3201")).await;
+    let search = || async {
+        let v: Value = h
+            .post("/v1/customers/search", ALICE, &json!({"match": {"mobile": "13812345678"}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut ids: Vec<String> =
+            v["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();
+        ids.sort();
+        ids
+    };
+    let vault = h.vault();
+    assert_eq!(vault.rotate_index_as("test").await.unwrap(), 2);
+    let after = h.create(individual("3201")).await;
+    let mut both = vec![before.to_string(), after.to_string()];
+    both.sort();
+    // Old entries (version 1) and new ones (version 2) are both found.
+    assert_eq!(search().await, both);
+    let old_digest_rows = h.scalar("SELECT count(*) FROM blind_index WHERE key_version = 1").await;
+    assert!(old_digest_rows > 0);
+    assert!(vault.retire_old_index_as("test").await.is_err(), "retired while records still used it");
+    assert_eq!(vault.reindex_all().await.unwrap(), 1);
+    assert_eq!(h.scalar("SELECT count(*) FROM blind_index WHERE key_version = 1").await, 0);
+    vault.retire_old_index_as("test").await.unwrap();
+    assert_eq!(search().await, both);
+    let status = vault.key_status_unchecked().await.unwrap();
+    assert_eq!((status.index_version, status.index_versions.clone(), status.reindex_pending), (2, vec![2], 0));
+}
