@@ -65,11 +65,14 @@ pub struct IndexEntry {
     pub key_version: i32,
 }
 
+/// One searched field and its digests under each live index version.
+pub type FieldMatch = (String, Vec<(i32, Vec<u8>)>);
+
 /// A customer search, filtered in SQL: exact blind-index matches, the caller's scopes, filters.
 #[derive(Clone, Debug)]
 pub struct CustomerQuery {
     /// Per field, the (index version, digest) pairs of which one must match; all fields must.
-    pub matches: Vec<(String, Vec<(i32, Vec<u8>)>)>,
+    pub matches: Vec<FieldMatch>,
     /// The caller's scopes; empty means nothing is visible.
     pub scopes: Vec<RegionId>,
     /// An additional region filter.
