@@ -18,6 +18,7 @@ use crate::audit::{AuditLog, CheckpointSigner, CheckpointVerifier};
 use crate::auth::{Authenticator, KeyConfigError};
 use crate::authz::{Policy, PolicyError};
 use crate::config::{Config, EXAMPLE_TOKEN_KID};
+use crate::crypto::pkcs11::Pkcs11Source;
 use crate::crypto::{EnvSource, FileSource, KeyFileError, KeySource};
 use crate::domain::catalogue::CatalogueError;
 use crate::domain::{Catalogue, Regions};
@@ -57,12 +58,23 @@ const EXAMPLE_TOKEN_WARNING: &str =
     "ACCEPTING TOKENS SIGNED WITH THE PUBLIC EXAMPLE KEY (kid \"example\"): anyone can mint a \
 token this vault accepts. Remove it from auth.keys for any real deployment.";
 
-/// Builds the application state from configuration.
-pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
-    let key_source: Arc<dyn KeySource> = match &config.keys_env {
+/// The configured key source: a PKCS#11 token, an environment variable, or the key file.
+pub fn key_source(config: &Config) -> Result<Arc<dyn KeySource>, StartError> {
+    if let Some(p) = &config.keys_pkcs11 {
+        let pin = std::env::var(&p.pin_env).map_err(|_| {
+            StartError::Keys(KeyFileError::Invalid("the PKCS#11 PIN variable (keys_pkcs11.pin_env) is not set"))
+        })?;
+        return Ok(Arc::new(Pkcs11Source::new(p.module.clone(), p.token_label.clone(), pin)));
+    }
+    Ok(match &config.keys_env {
         Some(var) => Arc::new(EnvSource { var: var.clone() }),
         None => Arc::new(FileSource { path: config.keys_file.clone() }),
-    };
+    })
+}
+
+/// Builds the application state from configuration.
+pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
+    let key_source = key_source(config)?;
     let keyring = key_source.load()?;
     tracing::info!(source = %key_source.describe(), "keys loaded");
     if keyring.is_example() {

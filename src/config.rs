@@ -30,6 +30,8 @@ pub struct Config {
     pub keys_file: PathBuf,
     /// When set, the keys come from this environment variable (the key file's TOML) instead.
     pub keys_env: Option<String>,
+    /// When set, the key-encryption keys live in a PKCS#11 token (HSM) instead.
+    pub keys_pkcs11: Option<Pkcs11Config>,
     pub retention: RetentionConfig,
     pub log_format: LogFormat,
     /// Whole-request time limit.
@@ -40,6 +42,17 @@ pub struct Config {
     pub reveals_per_hour: u32,
     pub auth: AuthConfig,
     pub audit: AuditConfig,
+}
+
+/// A PKCS#11 token holding the key-encryption keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// The PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so.
+    pub module: PathBuf,
+    pub token_label: String,
+    /// The environment variable holding the user PIN (never the PIN itself in the file).
+    pub pin_env: String,
 }
 
 /// Retention periods, in days, by `"kind.status"` (e.g. `"individual.closed" = 1095`).
@@ -89,6 +102,7 @@ impl Default for Config {
             max_connections: 16,
             keys_file: PathBuf::from("keys-example/keys.toml"),
             keys_env: None,
+            keys_pkcs11: None,
             retention: RetentionConfig::default(),
             log_format: LogFormat::Text,
             request_timeout_ms: 10_000,

@@ -232,12 +232,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(url) = database_url {
                 config.database_url = url;
             }
+            // Rotation works on an empty key source (a fresh HSM token) too.
+            let rotated = match command {
+                KeysCommand::Rotate => Some(custodia::app::key_source(&config)?.rotate()?),
+                _ => None,
+            };
             let (state, _) = custodia::app::build(&config).await?;
             let vault = &state.vault;
             let actor = "custodia:cli";
             match command {
                 KeysCommand::Rotate => {
-                    let version = vault.rotate_keys_as(actor).await?;
+                    let version = rotated.unwrap_or_default();
+                    vault.record_key_operation(actor, "keys.rotate").await?;
                     println!("key-encryption key version {version} added and active; run `custodia keys rewrap` (serve also rewraps in the background)");
                 }
                 KeysCommand::Status => {}

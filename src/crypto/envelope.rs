@@ -89,10 +89,7 @@ impl Keyring {
         let kek = self.kek(kek_version)?;
         let nonce = random_bytes::<NONCE_LEN>()?;
         let aad = wrap_aad(record, kek_version);
-        let ct = kek
-            .cipher
-            .encrypt(Nonce::from_slice(nonce.as_ref()), Payload { msg: dek, aad: &aad })
-            .map_err(|_| CryptoError::Integrity)?;
+        let ct = kek.cipher.seal(&nonce, &aad, dek)?;
         let mut bytes = Vec::with_capacity(WRAPPED_LEN);
         bytes.push(WRAP_FORMAT_V1);
         bytes.extend_from_slice(nonce.as_ref());
@@ -107,10 +104,7 @@ impl Keyring {
         }
         let aad = wrap_aad(record, wrapped.kek_version);
         let (nonce, ct) = wrapped.bytes[1..].split_at(NONCE_LEN);
-        kek.cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
-            .map(Zeroizing::new)
-            .map_err(|_| CryptoError::Integrity)
+        kek.cipher.open(nonce, &aad, ct)
     }
 
     /// Unwraps the data key of `record`.

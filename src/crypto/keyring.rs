@@ -92,9 +92,33 @@ pub enum KeyFileError {
     NotRetirable(u32),
 }
 
+/// AES-256-GCM under one key-encryption key, wherever that key lives: in memory (key file,
+/// environment) or inside an HSM that never releases it.
+pub trait KekCipher: Send + Sync {
+    /// Seals `plaintext`; returns ciphertext ‖ tag.
+    fn seal(&self, nonce: &[u8; 12], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError>;
+    /// Opens ciphertext ‖ tag.
+    fn open(&self, nonce: &[u8], aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
+}
+
+impl KekCipher for Aes256Gcm {
+    fn seal(&self, nonce: &[u8; 12], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        use aes_gcm::aead::{Aead, Payload};
+        self.encrypt(aes_gcm::Nonce::from_slice(nonce), Payload { msg: plaintext, aad })
+            .map_err(|_| CryptoError::Integrity)
+    }
+
+    fn open(&self, nonce: &[u8], aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        use aes_gcm::aead::{Aead, Payload};
+        self.decrypt(aes_gcm::Nonce::from_slice(nonce), Payload { msg: sealed, aad })
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError::Integrity)
+    }
+}
+
 /// One key-encryption key.
 pub(crate) struct Kek {
-    pub(crate) cipher: Aes256Gcm,
+    pub(crate) cipher: Box<dyn KekCipher>,
     fingerprint: String,
 }
 
@@ -187,7 +211,7 @@ impl Keyring {
             example |= EXAMPLE_KEK_FINGERPRINTS.contains(&fp.as_str());
             let cipher = Aes256Gcm::new_from_slice(key.as_ref())
                 .map_err(|_| KeyFileError::Invalid("every key must be exactly 32 bytes"))?;
-            if keks.insert(entry.version, Kek { cipher, fingerprint: fp }).is_some() {
+            if keks.insert(entry.version, Kek { cipher: Box::new(cipher), fingerprint: fp }).is_some() {
                 return Err(KeyFileError::Invalid("a KEK version appears twice"));
             }
         }
@@ -205,6 +229,23 @@ impl Keyring {
         let index_version =
             *index_roots.keys().next_back().ok_or(KeyFileError::Invalid("the key file holds no live index key"))?;
         Ok(Keyring { keks, retired, active, index_roots, index_version, example })
+    }
+
+    /// A keyring from ciphers held elsewhere (an HSM): (version, cipher, fingerprint) for live
+    /// versions, (version, fingerprint) for retired ones, and the blind-index roots by version.
+    pub fn from_parts(
+        keks: Vec<(u32, Box<dyn KekCipher>, String)>,
+        retired: Vec<(u32, String)>,
+        index_roots: Vec<(u32, Zeroizing<[u8; 32]>)>,
+    ) -> Result<Self, KeyFileError> {
+        let keks: BTreeMap<u32, Kek> =
+            keks.into_iter().map(|(v, cipher, fingerprint)| (v, Kek { cipher, fingerprint })).collect();
+        let active = *keks.keys().next_back().ok_or(KeyFileError::Invalid("the key source holds no live KEK"))?;
+        let index_roots: BTreeMap<u32, SecretBox<[u8; 32]>> =
+            index_roots.into_iter().map(|(v, k)| (v, SecretBox::new(Box::new(*k)))).collect();
+        let index_version =
+            *index_roots.keys().next_back().ok_or(KeyFileError::Invalid("the key source holds no index key"))?;
+        Ok(Keyring { keks, retired: retired.into_iter().collect(), active, index_roots, index_version, example: false })
     }
 
     /// Whether these are the public example keys.

@@ -8,6 +8,7 @@
 pub mod blind;
 pub mod envelope;
 pub mod keyring;
+pub mod pkcs11;
 pub mod source;
 
 pub use blind::{BlindIndex, Digest};

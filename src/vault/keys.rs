@@ -174,6 +174,11 @@ impl Vault {
         self.key_status_unchecked().await
     }
 
+    /// Audits a key operation done directly on the key source (command line).
+    pub async fn record_key_operation(&self, actor: &str, action: &str) -> Result<(), VaultError> {
+        self.system_event(actor, action).await
+    }
+
     /// Adds a KEK version (command line), with its own audit event.
     pub async fn rotate_keys_as(&self, actor: &str) -> Result<u32, VaultError> {
         let version = self.keys.source().rotate().map_err(VaultError::Keys)?;

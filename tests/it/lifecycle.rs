@@ -275,3 +275,69 @@ async fn blind_index_rotation_and_reindex() {
     let status = vault.key_status_unchecked().await.unwrap();
     assert_eq!((status.index_version, status.index_versions.clone(), status.reindex_pending), (2, vec![2], 0));
 }
+
+/// The key-encryption keys in an HSM (SoftHSM through PKCS#11): they wrap and unwrap inside the
+/// token, cannot be extracted, rotate and retire there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pkcs11_key_source_with_softhsm() {
+    use custodia::crypto::KeySource;
+    const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+    if !std::path::Path::new(MODULE).exists() {
+        assert!(std::env::var("CI").is_err(), "SoftHSM must be installed in CI (.ci/run installs softhsm2)");
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "\n*** PKCS#11 test SKIPPED: install softhsm2 to run it ***\n");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    let conf = dir.path().join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display()),
+    )
+    .unwrap();
+    // Only this test uses SoftHSM, and it sets the variable before the module is loaded.
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    let out = std::process::Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", "custodia-test", "--so-pin", "0000", "--pin", "1234"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::env::set_var("CUSTODIA_TEST_HSM_PIN", "1234");
+    let source = custodia::crypto::pkcs11::Pkcs11Source::new(MODULE.into(), "custodia-test".into(), "1234".into());
+    assert_eq!(source.rotate().unwrap(), 1);
+
+    let h = Harness::start_with(Db::sqlite(), |c| {
+        c.keys_pkcs11 = Some(custodia::config::Pkcs11Config {
+            module: MODULE.into(),
+            token_label: "custodia-test".into(),
+            pin_env: "CUSTODIA_TEST_HSM_PIN".into(),
+        });
+    })
+    .await;
+    let id = h.create(individual("3201")).await;
+    let v: Value = h.get(&format!("/v1/customers/{id}"), ALICE).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["fields"]["mobile"], "13812345678");
+    let found: Value = h
+        .post("/v1/customers/search", ALICE, &json!({"match": {"mobile": "13812345678"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["items"][0]["id"], id.to_string());
+    // Rotate in the token through the API, rewrap, retire the first version there.
+    let r = h.client.post(h.url("/v1/admin/keys/rotate")).bearer_auth(mint(ROOT_ADMIN)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["active_version"], 2);
+    h.vault().rewrap_all().await.unwrap();
+    h.vault().retire_key_as("test", 1).await.unwrap();
+    let v: Value = h.get(&format!("/v1/customers/{id}"), ALICE).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["fields"]["mobile"], "13812345678");
+    let status = h.vault().key_status_unchecked().await.unwrap();
+    assert_eq!(status.versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![2]);
+    assert!(status.source.contains("PKCS#11"));
+    assert_eq!(h.scalar("SELECT count(*) FROM customers WHERE kek_version = 2").await, 1);
+}
