@@ -9,6 +9,7 @@ pub mod customer;
 pub mod grant;
 pub mod identifiers;
 pub mod region;
+pub mod synthetic;
 
 pub use catalogue::{Catalogue, FieldKind, FieldSpec, Sensitivity};
 pub use customer::{

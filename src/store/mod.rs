@@ -265,6 +265,9 @@ pub trait Store: Send + Sync + 'static {
     async fn clear_alert(&self, id: Uuid, by: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<bool, StoreError>;
     async fn alerts(&self, limit: u32) -> Result<Vec<AlertRecord>, StoreError>;
 
+    /// Inserts many records in one transaction with multi-row statements, and one audit event
+    /// for the whole batch (seeding).
+    async fn insert_customers_bulk(&self, records: &[CustomerRecord], audit: &AuditEvent) -> Result<(), StoreError>;
     /// Records with blind-index entries under a version older than `current`.
     async fn index_stale(&self, current: i32, limit: u32) -> Result<Vec<Uuid>, StoreError>;
     /// How many records still have entries under an older index version.

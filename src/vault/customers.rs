@@ -194,6 +194,14 @@ impl Vault {
         self.open_fields(record, key, None)
     }
 
+    pub(super) fn seal_all(
+        key: &DataKey,
+        version: i64,
+        fields: &BTreeMap<String, FieldValue>,
+    ) -> Result<Vec<SealedField>, VaultError> {
+        Self::seal_fields(key, version, fields)
+    }
+
     fn seal_fields(
         key: &DataKey,
         version: i64,

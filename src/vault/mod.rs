@@ -10,6 +10,7 @@ mod grants;
 pub mod keys;
 mod lifecycle;
 pub mod limits;
+mod seed;
 
 use std::sync::Arc;
 

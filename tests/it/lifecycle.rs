@@ -341,3 +341,21 @@ async fn pkcs11_key_source_with_softhsm() {
     assert!(status.source.contains("PKCS#11"));
     assert_eq!(h.scalar("SELECT count(*) FROM customers WHERE kek_version = 2").await, 1);
 }
+
+on_both! {
+    async fn seeded_customers_are_real_records(h) {
+        let ids = h.vault().seed(250, 7, "test").await.unwrap();
+        assert_eq!(ids.len(), 250);
+        for id in ids.iter().step_by(25) {
+            let r = h.get(&format!("/v1/customers/{id}"), ALICE).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let v: Value = r.json().await.unwrap();
+            assert!(v["fields"]["mobile"].as_str().unwrap().len() == 11);
+        }
+        // Searchable through the blind index like any record.
+        let v: Value = h.get(&format!("/v1/customers/{}", ids[0]), ALICE).send().await.unwrap().json().await.unwrap();
+        let found: Value = h.post("/v1/customers/search", ALICE, &json!({"match": {"mobile": v["fields"]["mobile"]}})).send().await.unwrap().json().await.unwrap();
+        assert!(found["items"].as_array().unwrap().iter().any(|i| i["id"] == ids[0].to_string()));
+        assert_eq!(h.scalar("SELECT count(*) FROM audit_events WHERE action = 'customer.seed'").await, 1);
+    }
+}
