@@ -116,7 +116,7 @@ impl<'a> Synthetic<'a> {
         fields.insert("name".to_owned(), FieldValue::new(name));
         fields.insert("mobile".to_owned(), FieldValue::new(mobile));
         fields.insert("address".to_owned(), FieldValue::new(address));
-        let region = self.regions.parse_city(&city).unwrap_or_else(|| super::region::RegionId::group());
+        let region = self.regions.parse_city(&city).unwrap_or_else(super::region::RegionId::group);
         ValidCustomer { region, kind, vip_level: self.below(10) as i16, fields }
     }
 }
