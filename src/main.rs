@@ -61,6 +61,24 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Benchmark: start a vault on a fresh database, seed it, drive it over loopback HTTP.
+    Bench {
+        /// Customers to seed.
+        #[arg(long, default_value_t = 10_000)]
+        customers: usize,
+        /// Seconds per scenario and concurrency.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Concurrencies, comma-separated.
+        #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
+        concurrency: Vec<usize>,
+        /// Benchmark against this PostgreSQL database instead of a fresh SQLite file.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Also write the table here.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Print the OpenAPI document.
     Openapi,
     /// Administration.
@@ -307,6 +325,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ids.len(),
                 ids.len() as f64 / secs.max(1e-9)
             );
+            Ok(())
+        }
+        Command::Bench { customers, seconds, concurrency, database_url, output } => {
+            if let Some(url) = database_url {
+                config.database_url = url;
+            }
+            let options = custodia::bench::BenchOptions { customers, concurrency, seconds };
+            let (_, table) = custodia::bench::run(config, options).await?;
+            println!("{table}");
+            if let Some(path) = output {
+                std::fs::write(&path, &table)?;
+            }
             Ok(())
         }
         Command::Openapi => {

@@ -136,3 +136,16 @@ async fn bootstrap_postgres() {
     let Some(db) = Db::postgres().await else { return };
     bootstrap_once(&db).await;
 }
+
+/// The benchmark harness runs every scenario against a real server without a failed request,
+/// and ends with a verified audit chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_harness_runs_every_scenario() {
+    let options = custodia::bench::BenchOptions { customers: 300, concurrency: vec![2], seconds: 0.3 };
+    let (rows, table) = custodia::bench::run(test_config(String::new()), options).await.unwrap();
+    assert_eq!(rows.len(), 6);
+    for r in &rows {
+        assert!(r.requests > 0 && r.errors == 0, "{r:?}");
+    }
+    assert!(table.contains("ok = true"), "{table}");
+}

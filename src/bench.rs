@@ -1,0 +1,295 @@
+//! `custodia bench`: starts a vault on a fresh database, seeds it, and drives it over loopback
+//! HTTP at several concurrencies, printing requests/s and latency percentiles per scenario,
+//! each also as a ratio of two reference endpoints of the same server (no work, and JWT
+//! verification only). Then verifies the audit chain and prints the verification rate. The
+//! reference route exists only in the benchmark's own router.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::api;
+use crate::auth::token::{mint, TokenRequest};
+use crate::auth::Principal;
+use crate::config::{Config, TokenAlgorithm, EXAMPLE_TOKEN_KID};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub customers: usize,
+    pub concurrency: Vec<usize>,
+    pub seconds: f64,
+}
+
+/// One measured row.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub scenario: &'static str,
+    pub concurrency: usize,
+    pub requests: usize,
+    pub errors: usize,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+type MakeRequest = Arc<dyn Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Send + Sync>;
+
+async fn drive(scenario: &'static str, concurrency: usize, seconds: f64, make: MakeRequest, ok: u16) -> Row {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (client, make) = (client.clone(), make.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            let mut i = worker;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                match make(&client, i).send().await {
+                    Ok(r) if r.status().as_u16() == ok => {
+                        let _ = r.bytes().await;
+                        lat.push(started.elapsed());
+                    }
+                    _ => errors += 1,
+                }
+                i += concurrency;
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((lat, e)) = t.await {
+            all.extend(lat);
+            errors += e;
+        }
+    }
+    all.sort();
+    Row {
+        scenario,
+        concurrency,
+        requests: all.len(),
+        errors,
+        per_second: all.len() as f64 / seconds,
+        p50_ms: percentile(&all, 0.50),
+        p99_ms: percentile(&all, 0.99),
+        p999_ms: percentile(&all, 0.999),
+    }
+}
+
+fn token(config: &Config, sub: &str, pem: &[u8]) -> anyhow::Result<String> {
+    let request = TokenRequest {
+        sub,
+        ttl: Duration::from_secs(3600),
+        issuer: &config.auth.issuer,
+        audience: &config.auth.audience,
+        kid: EXAMPLE_TOKEN_KID,
+        algorithm: TokenAlgorithm::EdDSA,
+    };
+    Ok(mint(&request, pem)?)
+}
+
+/// Runs the benchmark; returns the rows and a Markdown table.
+pub async fn run(mut config: Config, options: BenchOptions) -> anyhow::Result<(Vec<Row>, String)> {
+    let dir = tempfile::tempdir()?;
+    if !config.database_url.starts_with("postgres") {
+        config.database_url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    }
+    config.audit.bulk_threshold = usize::MAX / 2;
+    config.reveals_per_hour = u32::MAX;
+    let (state, limits) = crate::app::build(&config).await?;
+    let vault = state.vault.clone();
+    eprintln!("seeding {} customers…", options.customers);
+    let started = Instant::now();
+    let ids = Arc::new(vault.seed(options.customers, 1, "custodia:bench").await?);
+    eprintln!(
+        "seeded in {:.1} s ({:.0} records/s)",
+        started.elapsed().as_secs_f64(),
+        ids.len() as f64 / started.elapsed().as_secs_f64()
+    );
+    vault.bootstrap_admin("bench-admin").await?;
+
+    // The benchmark's router: the real one, plus a JWT-only reference route.
+    let router = api::router(state.clone(), limits)
+        .route("/_bench/none", get(|| async { "ok" }))
+        .route("/_bench/jwt", get(|_p: Principal| async { "ok" }).with_state(state.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await;
+    });
+    let base = format!("http://{addr}");
+    let pem = std::fs::read("keys-example/jwt-ed25519.pem")?;
+    let admin = token(&config, "bench-admin", &pem)?;
+    let client = reqwest::Client::new();
+    for (who, role) in
+        [("bench-agent", "agent"), ("bench-manager", "account_manager"), ("bench-service", "crm_service")]
+    {
+        let body = json!({"principal": who, "role": role, "region": "CN", "expires_at": (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339()});
+        let r = client.post(format!("{base}/v1/grants")).bearer_auth(&admin).json(&body).send().await?;
+        anyhow::ensure!(r.status() == 201, "granting {role} failed: {}", r.status());
+    }
+    let agent = Arc::new(token(&config, "bench-agent", &pem)?);
+    let manager = Arc::new(token(&config, "bench-manager", &pem)?);
+    let service = Arc::new(token(&config, "bench-service", &pem)?);
+    // Mobiles to search for, read back through the API once.
+    let mut mobiles = Vec::new();
+    for id in ids.iter().take(200) {
+        let v: serde_json::Value = client
+            .get(format!("{base}/v1/customers/{id}"))
+            .bearer_auth(&*manager)
+            .header("X-Purpose", "customer_service")
+            .send()
+            .await?
+            .json()
+            .await?;
+        if let Some(m) = v["fields"]["mobile"].as_str() {
+            mobiles.push(m.to_owned());
+        }
+    }
+    let mobiles = Arc::new(mobiles);
+
+    let mut rows = Vec::new();
+    for &c in &options.concurrency {
+        let b = base.clone();
+        rows.push(
+            drive(
+                "reference: no work",
+                c,
+                options.seconds,
+                Arc::new(move |cl, _| cl.get(format!("{b}/_bench/none"))),
+                200,
+            )
+            .await,
+        );
+        let (b, t) = (base.clone(), agent.clone());
+        rows.push(
+            drive(
+                "reference: JWT only",
+                c,
+                options.seconds,
+                Arc::new(move |cl, _| cl.get(format!("{b}/_bench/jwt")).bearer_auth(&*t)),
+                200,
+            )
+            .await,
+        );
+        let (b, t, ids2) = (base.clone(), agent.clone(), ids.clone());
+        rows.push(
+            drive(
+                "masked read",
+                c,
+                options.seconds,
+                Arc::new(move |cl, i| {
+                    cl.get(format!("{b}/v1/customers/{}", ids2[i % ids2.len()]))
+                        .bearer_auth(&*t)
+                        .header("X-Purpose", "customer_service")
+                }),
+                200,
+            )
+            .await,
+        );
+        let (b, t, m) = (base.clone(), agent.clone(), mobiles.clone());
+        rows.push(
+            drive(
+                "search by mobile",
+                c,
+                options.seconds,
+                Arc::new(move |cl, i| {
+                    cl.post(format!("{b}/v1/customers/search"))
+                        .bearer_auth(&*t)
+                        .header("X-Purpose", "customer_service")
+                        .json(&json!({"match": {"mobile": m[i % m.len().max(1)]}}))
+                }),
+                200,
+            )
+            .await,
+        );
+        let (b, t) = (base.clone(), manager.clone());
+        let body = json!({"region": "3201", "kind": "individual", "fields": {"name": "张三", "mobile": "13812345678", "resident_id": "11010519491231002X", "email": "a@example.cn", "address": "江苏省南京市玄武区中山路1号", "birth_date": "1949-12-31", "bank_card": "6222021234567890128"}});
+        rows.push(
+            drive(
+                "create",
+                c,
+                options.seconds,
+                Arc::new(move |cl, _| {
+                    cl.post(format!("{b}/v1/customers"))
+                        .bearer_auth(&*t)
+                        .header("X-Purpose", "customer_service")
+                        .json(&body)
+                }),
+                201,
+            )
+            .await,
+        );
+        let (b, t, ids2) = (base.clone(), service.clone(), ids.clone());
+        rows.push(
+            drive(
+                "batch-get 100",
+                c,
+                options.seconds,
+                Arc::new(move |cl, i| {
+                    let start = (i * 100) % ids2.len().saturating_sub(100).max(1);
+                    let batch: Vec<String> =
+                        ids2[start..(start + 100).min(ids2.len())].iter().map(|x| x.to_string()).collect();
+                    cl.post(format!("{b}/v1/customers/batch-get"))
+                        .bearer_auth(&*t)
+                        .header("X-Purpose", "customer_service")
+                        .json(&json!({"ids": batch}))
+                }),
+                200,
+            )
+            .await,
+        );
+    }
+
+    // Audit verification rate.
+    let verifier = crate::audit::CheckpointVerifier::load(&config.audit.public_key)?;
+    let report = crate::audit::verify::verify(&**vault.store(), &verifier).await?;
+    let rate = report.events as f64 / (report.elapsed_ms.max(1) as f64 / 1000.0);
+
+    let mut table = String::from(
+        "| scenario | conc. | req/s | p50 ms | p99 ms | p999 ms | errors | vs no-work | vs JWT-only |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in &rows {
+        let base_none = rows
+            .iter()
+            .find(|x| x.concurrency == r.concurrency && x.scenario == "reference: no work")
+            .map_or(1.0, |x| x.per_second);
+        let base_jwt = rows
+            .iter()
+            .find(|x| x.concurrency == r.concurrency && x.scenario == "reference: JWT only")
+            .map_or(1.0, |x| x.per_second);
+        table.push_str(&format!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.3} | {:.3} |\n",
+            r.scenario,
+            r.concurrency,
+            r.per_second,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.errors,
+            r.per_second / base_none.max(1e-9),
+            r.per_second / base_jwt.max(1e-9)
+        ));
+    }
+    table.push_str(&format!(
+        "\nAudit verification: {} events, {} checkpoints, ok = {}, in {} ms ({rate:.0} events/s).\n",
+        report.events, report.checkpoints, report.ok, report.elapsed_ms
+    ));
+    Ok((rows, table))
+}
