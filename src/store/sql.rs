@@ -105,39 +105,46 @@ macro_rules! impl_store {
             let row = sqlx::query("SELECT seq, chain_hash FROM audit_head WHERE id = 1").fetch_one(&mut **tx).await?;
             let mut seq: i64 = row.try_get(0)?;
             let mut head: Vec<u8> = row.try_get(1)?;
+            // Chain first, then write the whole batch with multi-row statements.
+            let mut rows = Vec::with_capacity(events.len());
             for e in events {
                 seq += 1;
                 let (ids, fields) = (e.customer_ids_text(), e.fields_text());
                 let hash = $crate::audit::chain::next(&head, seq, e, &ids, &fields);
-                sqlx::query(&format!(
-                    "INSERT INTO audit_events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-                ))
-                .bind(seq)
-                .bind(e.time)
-                .bind(&e.request_id)
-                .bind(&e.principal)
-                .bind(e.grant_id)
-                .bind(&e.action)
-                .bind(&ids)
-                .bind(&fields)
-                .bind(&e.purpose)
-                .bind(&e.justification)
-                .bind(&e.query)
-                .bind(e.outcome.as_str())
-                .bind(i32::from(e.status))
-                .bind(&e.client)
-                .bind(&e.user_agent)
-                .bind(hash.as_slice())
-                .execute(&mut **tx)
-                .await?;
-                for c in &e.customer_ids {
-                    sqlx::query("INSERT INTO audit_event_customers (customer_id, seq) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                        .bind(*c)
-                        .bind(seq)
-                        .execute(&mut **tx)
-                        .await?;
-                }
                 head = hash.to_vec();
+                rows.push((seq, e, ids, fields, hash));
+            }
+            for part in rows.chunks(400) {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO audit_events ({EVENT_COLUMNS}) "));
+                qb.push_values(part, |mut b, (seq, e, ids, fields, hash)| {
+                    b.push_bind(*seq)
+                        .push_bind(e.time)
+                        .push_bind(e.request_id.as_str())
+                        .push_bind(e.principal.as_deref())
+                        .push_bind(e.grant_id)
+                        .push_bind(e.action.as_str())
+                        .push_bind(ids.as_str())
+                        .push_bind(fields.as_str())
+                        .push_bind(e.purpose.as_deref())
+                        .push_bind(e.justification.as_deref())
+                        .push_bind(e.query.as_deref())
+                        .push_bind(e.outcome.as_str())
+                        .push_bind(i32::from(e.status))
+                        .push_bind(e.client.as_deref())
+                        .push_bind(e.user_agent.as_deref())
+                        .push_bind(hash.as_slice());
+                });
+                qb.build().execute(&mut **tx).await?;
+            }
+            let links: Vec<(uuid::Uuid, i64)> =
+                rows.iter().flat_map(|(seq, e, ..)| e.customer_ids.iter().map(move |c| (*c, *seq))).collect();
+            for part in links.chunks(2000) {
+                let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO audit_event_customers (customer_id, seq) ");
+                qb.push_values(part, |mut b, (c, seq)| {
+                    b.push_bind(*c).push_bind(*seq);
+                });
+                qb.push(" ON CONFLICT DO NOTHING");
+                qb.build().execute(&mut **tx).await?;
             }
             sqlx::query("UPDATE audit_head SET seq = $1, chain_hash = $2 WHERE id = 1")
                 .bind(seq)
