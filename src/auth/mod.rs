@@ -80,10 +80,17 @@ struct AllowedKey {
     validation: Validation,
 }
 
+/// Most verified tokens remembered (the cache is emptied when full).
+const CACHE_ENTRIES: usize = 10_000;
+
 /// Verifies bearer tokens against the configured allow-list of keys.
 pub struct Authenticator {
     keys: std::collections::HashMap<String, AllowedKey>,
     token_types: Vec<String>,
+    leeway: i64,
+    /// SHA-256 of a token already verified → its principal. Only the identical token hits;
+    /// expiry is checked on every hit, and revocation is checked by the caller on every request.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Principal>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -121,14 +128,44 @@ impl Authenticator {
                 return Err(KeyConfigError::DuplicateKid);
             }
         }
-        Ok(Authenticator { keys: map, token_types: config.token_types.clone() })
+        Ok(Authenticator {
+            keys: map,
+            token_types: config.token_types.clone(),
+            leeway: i64::try_from(config.leeway_seconds.min(30)).unwrap_or(30),
+            verified: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
     }
 
-    /// Verifies a bearer token.
+    /// Verifies a bearer token (a token verified before is answered from a bounded cache
+    /// until it expires).
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed);
         }
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+        let now = Utc::now();
+        if let Ok(cache) = self.verified.lock() {
+            if let Some(p) = cache.get(&digest) {
+                if p.expires_at + chrono::Duration::seconds(self.leeway) > now {
+                    return Ok(p.clone());
+                }
+            }
+        }
+        let principal = self.verify_uncached(token)?;
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= CACHE_ENTRIES {
+                cache.retain(|_, p| p.expires_at > now);
+                if cache.len() >= CACHE_ENTRIES {
+                    cache.clear();
+                }
+            }
+            cache.insert(digest, principal.clone());
+        }
+        Ok(principal)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Principal, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         let reject = |r| Err(AuthError::Rejected(r));
         if header.jku.is_some()

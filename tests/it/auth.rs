@@ -195,3 +195,27 @@ async fn unsafe_token_configuration_is_refused_at_start() {
     config.auth.keys[0].algorithm = custodia::config::TokenAlgorithm::RS256;
     assert!(custodia::app::start(&config).await.is_err());
 }
+
+/// A token answered from the verified-token cache still expires on time, and revocation
+/// still applies to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_tokens_still_expire_and_revoke() {
+    let h = Harness::start_with(Db::sqlite(), |c| c.auth.leeway_seconds = 0).await;
+    let id = h.create(individual("3201")).await;
+    let short = mint_with(ALICE, json!({"exp": chrono::Utc::now().timestamp() + 2}));
+    let read = |t: &str| {
+        h.client.get(h.url(&format!("/v1/customers/{id}"))).bearer_auth(t).header("X-Purpose", PURPOSE).send()
+    };
+    assert_eq!(read(&short).await.unwrap().status(), 200);
+    assert_eq!(read(&short).await.unwrap().status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+    let r = read(&short).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "token_expired");
+    let long = mint(ALICE);
+    assert_eq!(read(&long).await.unwrap().status(), 200);
+    let r =
+        h.client.post(h.url("/v1/principals/alice/revoke-tokens")).bearer_auth(mint(ROOT_ADMIN)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(read(&long).await.unwrap().status(), 401);
+}
