@@ -102,6 +102,9 @@ pub struct Regions {
     provinces: BTreeMap<String, Province>,
     cities: BTreeMap<String, City>,
     areas: BTreeMap<String, Area>,
+    /// Indexes for the per-request paths (address masking): cities by province, areas by city.
+    cities_by_province: BTreeMap<String, Vec<City>>,
+    areas_by_city: BTreeMap<String, Vec<Area>>,
 }
 
 static BUILTIN: LazyLock<Regions> = LazyLock::new(|| {
@@ -143,7 +146,15 @@ impl Regions {
             check_code(&row[0], 6)?;
             a.insert(row[0].clone(), Area { code: row[0].clone(), city: row[2].clone(), name: row[1].clone() });
         }
-        Ok(Regions { provinces: p, cities: c, areas: a })
+        let mut cities_by_province: BTreeMap<String, Vec<City>> = BTreeMap::new();
+        for city in c.values() {
+            cities_by_province.entry(city.province.clone()).or_default().push(city.clone());
+        }
+        let mut areas_by_city: BTreeMap<String, Vec<Area>> = BTreeMap::new();
+        for area in a.values() {
+            areas_by_city.entry(area.city.clone()).or_default().push(area.clone());
+        }
+        Ok(Regions { provinces: p, cities: c, areas: a, cities_by_province, areas_by_city })
     }
 
     /// Parses a region id of any level; `None` when it is not a node of the tree.
@@ -184,12 +195,12 @@ impl Regions {
 
     /// The cities of one province.
     pub fn cities_of<'a>(&'a self, province: &'a str) -> impl Iterator<Item = &'a City> + 'a {
-        self.cities.values().filter(move |c| c.province == province)
+        self.cities_by_province.get(province).into_iter().flatten()
     }
 
     /// The areas (districts, counties) of one city.
     pub fn areas_of<'a>(&'a self, city: &'a str) -> impl Iterator<Item = &'a Area> + 'a {
-        self.areas.values().filter(move |a| a.city == city)
+        self.areas_by_city.get(city).into_iter().flatten()
     }
 }
 
