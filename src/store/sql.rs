@@ -397,6 +397,9 @@ macro_rules! impl_store {
 
             async fn insert_bootstrap_grant(&self, g: &$crate::store::GrantRecord, audit: &$crate::audit::AuditEvent) -> Result<$crate::store::BootstrapOutcome, $crate::store::StoreError> {
                 let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
+                // Take the write lock before reading, so that concurrent bootstraps (other
+                // processes on one SQLite file) queue instead of failing on a stale read.
+                sqlx::query("UPDATE authz_epoch SET value = value WHERE id = 1").execute(&mut *tx).await?;
                 let existing = sqlx::query("SELECT 1 FROM grants WHERE parent_id IS NULL AND revoked_at IS NULL")
                     .fetch_optional(&mut *tx)
                     .await?;

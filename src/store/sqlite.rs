@@ -38,12 +38,17 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dir.display())))?;
         }
+        // Opening (which may create the file and switch it to WAL) and migrating happen under
+        // one lock file, so that processes starting together take turns.
+        let lock = lock_file(&path).await?;
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.clone())
             .await?;
-        migrate(&write, &path).await?;
+        let migrated = MIGRATOR.run(&write).await;
+        drop(lock);
+        migrated?;
         let read = SqlitePoolOptions::new()
             .max_connections(options.max_connections.clamp(1, 16))
             .acquire_timeout(options.acquire_timeout)
@@ -53,22 +58,18 @@ impl SqliteStore {
     }
 }
 
-/// Applies migrations while holding an exclusive lock on a file beside the database, so that
-/// several processes starting at once apply each migration exactly once.
-async fn migrate(pool: &SqlitePool, db_path: &std::path::Path) -> Result<(), StoreError> {
+/// Takes an exclusive lock on a file beside the database (released when dropped).
+async fn lock_file(db_path: &std::path::Path) -> Result<std::fs::File, StoreError> {
     let mut lock_path = db_path.as_os_str().to_owned();
     lock_path.push(".migrate-lock");
-    let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
         let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lock_path)?;
         file.lock()?;
         Ok(file)
     })
     .await
     .map_err(|e| StoreError::Config(format!("migration lock task failed: {e}")))?
-    .map_err(|e| StoreError::Config(format!("cannot lock migrations: {e}")))?;
-    let result = MIGRATOR.run(pool).await;
-    drop(lock);
-    Ok(result?)
+    .map_err(|e| StoreError::Config(format!("cannot lock migrations: {e}")))
 }
 
 impl_store!(SqliteStore, sqlx::Sqlite, {

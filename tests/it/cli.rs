@@ -120,7 +120,8 @@ async fn bootstrap_once(db: &Db) {
     let winners = outputs.iter().filter(|o| o.status.success()).count();
     assert_eq!(winners, 1, "exactly one bootstrap must succeed");
     for o in outputs.iter().filter(|o| !o.status.success()) {
-        assert!(String::from_utf8_lossy(&o.stderr).contains("already has a live bootstrap administrator"));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("already has a live bootstrap administrator"), "{err}");
     }
     let again = custodia(&["admin", "bootstrap", "--database-url", &url, "--sub", "late-admin"]);
     assert!(!again.status.success());
