@@ -114,13 +114,13 @@ pub async fn run(mut config: Config, options: BenchOptions) -> anyhow::Result<(V
     config.reveals_per_hour = u32::MAX;
     let (state, limits) = crate::app::build(&config).await?;
     let vault = state.vault.clone();
-    eprintln!("seeding {} customers…", options.customers);
     let started = Instant::now();
     let ids = Arc::new(vault.seed(options.customers, 1, "custodia:bench").await?);
-    eprintln!(
-        "seeded in {:.1} s ({:.0} records/s)",
+    let seeded = format!(
+        "Seeded {} customers in {:.1} s ({:.0} records/s).\n\n",
+        ids.len(),
         started.elapsed().as_secs_f64(),
-        ids.len() as f64 / started.elapsed().as_secs_f64()
+        ids.len() as f64 / started.elapsed().as_secs_f64().max(1e-9)
     );
     vault.bootstrap_admin("bench-admin").await?;
 
@@ -262,7 +262,8 @@ pub async fn run(mut config: Config, options: BenchOptions) -> anyhow::Result<(V
     let report = crate::audit::verify::verify(&**vault.store(), &verifier).await?;
     let rate = report.events as f64 / (report.elapsed_ms.max(1) as f64 / 1000.0);
 
-    let mut table = String::from(
+    let mut table = seeded;
+    table.push_str(
         "| scenario | conc. | req/s | p50 ms | p99 ms | p999 ms | errors | vs no-work | vs JWT-only |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in &rows {
