@@ -10,27 +10,62 @@ use super::event::{time_text, AuditEvent};
 /// The head before the first event.
 pub const GENESIS: [u8; 32] = [0u8; 32];
 
-/// The canonical encoding of an event at `seq`, from its stored texts.
+/// The canonical encoding of an event at `seq`, from its stored texts: a JSON object with the
+/// keys in byte order and no whitespace, written directly (no intermediate map: this runs once
+/// per event on the write path and once per event in verification).
 pub fn canonical(seq: i64, e: &AuditEvent, customer_ids_text: &str, fields_text: &str) -> Vec<u8> {
-    // serde_json's Map keeps keys sorted (no preserve_order feature): a stable encoding.
-    let mut m = serde_json::Map::new();
-    let opt = |v: &Option<String>| v.clone().map_or(serde_json::Value::Null, serde_json::Value::String);
-    m.insert("seq".into(), seq.into());
-    m.insert("time".into(), time_text(&e.time).into());
-    m.insert("request_id".into(), e.request_id.clone().into());
-    m.insert("principal".into(), opt(&e.principal));
-    m.insert("grant_id".into(), opt(&e.grant_id.map(|g| g.to_string())));
-    m.insert("action".into(), e.action.clone().into());
-    m.insert("customer_ids".into(), customer_ids_text.into());
-    m.insert("fields".into(), fields_text.into());
-    m.insert("purpose".into(), opt(&e.purpose));
-    m.insert("justification".into(), opt(&e.justification));
-    m.insert("query".into(), opt(&e.query));
-    m.insert("outcome".into(), e.outcome.as_str().into());
-    m.insert("status".into(), e.status.into());
-    m.insert("client".into(), opt(&e.client));
-    m.insert("user_agent".into(), opt(&e.user_agent));
-    serde_json::to_vec(&serde_json::Value::Object(m)).unwrap_or_default()
+    let mut out = Vec::with_capacity(384 + customer_ids_text.len() + fields_text.len());
+    let grant = e.grant_id.map(|g| g.to_string());
+    // Keys in byte order up to `request_id`; `seq`, `status`, `time` and `user_agent` follow.
+    let strings: [(&str, Option<&str>); 11] = [
+        ("action", Some(&e.action)),
+        ("client", e.client.as_deref()),
+        ("customer_ids", Some(customer_ids_text)),
+        ("fields", Some(fields_text)),
+        ("grant_id", grant.as_deref()),
+        ("justification", e.justification.as_deref()),
+        ("outcome", Some(e.outcome.as_str())),
+        ("principal", e.principal.as_deref()),
+        ("purpose", e.purpose.as_deref()),
+        ("query", e.query.as_deref()),
+        ("request_id", Some(&e.request_id)),
+    ];
+    out.push(b'{');
+    for (key, value) in strings {
+        put_key(&mut out, key);
+        put_value(&mut out, value);
+        out.push(b',');
+    }
+    put_key(&mut out, "seq");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.push(b',');
+    put_key(&mut out, "status");
+    out.extend_from_slice(e.status.to_string().as_bytes());
+    out.push(b',');
+    put_key(&mut out, "time");
+    put_value(&mut out, Some(&time_text(&e.time)));
+    out.push(b',');
+    put_key(&mut out, "user_agent");
+    put_value(&mut out, e.user_agent.as_deref());
+    out.push(b'}');
+    out
+}
+
+fn put_key(out: &mut Vec<u8>, key: &str) {
+    put_value(out, Some(key));
+    out.push(b':');
+}
+
+fn put_value(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        // serde_json's string escaping, the same as the stored JSON texts use.
+        Some(v) => {
+            if serde_json::to_writer(&mut *out, v).is_err() {
+                out.extend_from_slice(b"null");
+            }
+        }
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 /// The leaf hash of an encoded event.
@@ -78,5 +113,39 @@ mod tests {
         assert_ne!(h1, next(&GENESIS, 1, &e2, &c, &f));
         // Leaf and node hashes are domain-separated.
         assert_ne!(leaf(b"x"), link(&[], &leaf(b"x")));
+    }
+
+    /// The direct writer gives exactly the bytes of a sorted-key JSON object (serde_json's map),
+    /// the encoding every stored chain was built with.
+    #[test]
+    fn canonical_is_sorted_key_json() {
+        let mut e = AuditEvent::now("r\"1\u{2028}".into(), "customer.read");
+        e.principal = Some("agent-\\7".into());
+        e.grant_id = Some(uuid::Uuid::nil());
+        e.purpose = Some("customer_service".into());
+        e.query = Some("{\"mobile\":\"ab\"}".into());
+        e.customer_ids = vec![uuid::Uuid::nil()];
+        e.fields = vec![("mobile".into(), "masked".into())];
+        e.status = 404;
+        let (c, f) = (e.customer_ids_text(), e.fields_text());
+        let opt = |v: &Option<String>| v.clone().map_or(serde_json::Value::Null, serde_json::Value::String);
+        let mut m = serde_json::Map::new();
+        m.insert("seq".into(), (-3i64).into());
+        m.insert("time".into(), time_text(&e.time).into());
+        m.insert("request_id".into(), e.request_id.clone().into());
+        m.insert("principal".into(), opt(&e.principal));
+        m.insert("grant_id".into(), opt(&e.grant_id.map(|g| g.to_string())));
+        m.insert("action".into(), e.action.clone().into());
+        m.insert("customer_ids".into(), c.clone().into());
+        m.insert("fields".into(), f.clone().into());
+        m.insert("purpose".into(), opt(&e.purpose));
+        m.insert("justification".into(), opt(&e.justification));
+        m.insert("query".into(), opt(&e.query));
+        m.insert("outcome".into(), e.outcome.as_str().into());
+        m.insert("status".into(), e.status.into());
+        m.insert("client".into(), opt(&e.client));
+        m.insert("user_agent".into(), opt(&e.user_agent));
+        let expected = serde_json::to_vec(&serde_json::Value::Object(m)).unwrap();
+        assert_eq!(String::from_utf8(canonical(-3, &e, &c, &f)).unwrap(), String::from_utf8(expected).unwrap());
     }
 }
