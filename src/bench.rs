@@ -22,6 +22,9 @@ pub struct BenchOptions {
     pub customers: usize,
     pub concurrency: Vec<usize>,
     pub seconds: f64,
+    /// Set up, then serve until interrupted instead of driving load (for external drivers
+    /// such as wrk); the set-up facts are written to this file.
+    pub hold: Option<std::path::PathBuf>,
 }
 
 /// One measured row.
@@ -163,6 +166,13 @@ pub async fn run(mut config: Config, options: BenchOptions) -> anyhow::Result<(V
         }
     }
     let mobiles = Arc::new(mobiles);
+    if let Some(path) = &options.hold {
+        let facts = json!({"base": base, "agent": *agent, "manager": *manager, "service": *service,
+            "ids": ids.iter().take(1000).map(|x| x.to_string()).collect::<Vec<_>>(), "mobiles": *mobiles});
+        std::fs::write(path, facts.to_string())?;
+        tokio::signal::ctrl_c().await?;
+        return Ok((Vec::new(), String::new()));
+    }
 
     let mut rows = Vec::new();
     for &c in &options.concurrency {

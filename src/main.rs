@@ -78,6 +78,10 @@ enum Command {
         /// Also write the table here.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Set up, write the base URL, tokens and ids to this JSON file, then serve until
+        /// interrupted instead of driving load (for an external load driver).
+        #[arg(long)]
+        hold: Option<PathBuf>,
     },
     /// Print the OpenAPI document.
     Openapi,
@@ -327,11 +331,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Bench { customers, seconds, concurrency, database_url, output } => {
+        Command::Bench { customers, seconds, concurrency, database_url, output, hold } => {
             if let Some(url) = database_url {
                 config.database_url = url;
             }
-            let options = custodia::bench::BenchOptions { customers, concurrency, seconds };
+            let options = custodia::bench::BenchOptions { customers, concurrency, seconds, hold };
             let (_, table) = custodia::bench::run(config, options).await?;
             println!("{table}");
             if let Some(path) = output {
