@@ -48,25 +48,125 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
-type MakeRequest = Arc<dyn Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Send + Sync>;
+/// One request of a scenario.
+struct Request {
+    method: &'static str,
+    path: String,
+    bearer: Option<Arc<String>>,
+    body: Option<Vec<u8>>,
+}
 
-async fn drive(scenario: &'static str, concurrency: usize, seconds: f64, make: MakeRequest, ok: u16) -> Row {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap_or_default();
+impl Request {
+    fn get(path: String, bearer: &Arc<String>) -> Self {
+        Request { method: "GET", path, bearer: Some(bearer.clone()), body: None }
+    }
+
+    fn post(path: String, bearer: &Arc<String>, body: &serde_json::Value) -> Self {
+        Request { method: "POST", path, bearer: Some(bearer.clone()), body: Some(body.to_string().into_bytes()) }
+    }
+
+    /// The request as HTTP/1.1 bytes (keep-alive; every scenario states a purpose).
+    fn encode(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        out.clear();
+        let _ =
+            write!(out, "{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Purpose: customer_service\r\n", self.method, self.path);
+        if let Some(t) = &self.bearer {
+            let _ = write!(out, "Authorization: Bearer {t}\r\n");
+        }
+        if let Some(b) = &self.body {
+            let _ = write!(out, "Content-Type: application/json\r\nContent-Length: {}\r\n", b.len());
+        }
+        out.extend_from_slice(b"\r\n");
+        if let Some(b) = &self.body {
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+type MakeRequest = Arc<dyn Fn(usize) -> Request + Send + Sync>;
+
+/// A minimal HTTP/1.1 keep-alive client: the load driver shares the machine with the server,
+/// so it must cost as little as possible (a general-purpose client costs several times more
+/// per request than the server's no-work route). Returns the response status.
+struct Connection {
+    addr: std::net::SocketAddr,
+    stream: Option<tokio::net::TcpStream>,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Connection {
+    fn new(addr: std::net::SocketAddr) -> Self {
+        Connection { addr, stream: None, out: Vec::with_capacity(1024), buf: Vec::with_capacity(64 * 1024) }
+    }
+
+    async fn send(&mut self, request: &Request) -> std::io::Result<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let result = async {
+            if self.stream.is_none() {
+                let s = tokio::net::TcpStream::connect(self.addr).await?;
+                s.set_nodelay(true)?;
+                self.stream = Some(s);
+            }
+            let stream = self.stream.as_mut().ok_or(std::io::ErrorKind::NotConnected)?;
+            request.encode(&mut self.out);
+            stream.write_all(&self.out).await?;
+            self.buf.clear();
+            let (status, total) = loop {
+                if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = std::str::from_utf8(&self.buf[..end]).map_err(|_| std::io::ErrorKind::InvalidData)?;
+                    let status = head.get(9..12).and_then(|s| s.parse::<u16>().ok());
+                    let length = head.lines().find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
+                    });
+                    match (status, length) {
+                        (Some(s), Some(l)) => break (s, end + 4 + l),
+                        _ => return Err(std::io::ErrorKind::InvalidData.into()),
+                    }
+                }
+                if stream.read_buf(&mut self.buf).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            };
+            while self.buf.len() < total {
+                if stream.read_buf(&mut self.buf).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            Ok(status)
+        }
+        .await;
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+}
+
+async fn drive(
+    scenario: &'static str,
+    addr: std::net::SocketAddr,
+    concurrency: usize,
+    seconds: f64,
+    make: MakeRequest,
+    ok: u16,
+) -> Row {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
-        let (client, make) = (client.clone(), make.clone());
+        let make = make.clone();
         tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::new(addr);
             let mut lat = Vec::new();
             let mut errors = 0usize;
             let mut i = worker;
             while Instant::now() < deadline {
+                let request = make(i);
                 let started = Instant::now();
-                match make(&client, i).send().await {
-                    Ok(r) if r.status().as_u16() == ok => {
-                        let _ = r.bytes().await;
-                        lat.push(started.elapsed());
-                    }
+                match conn.send(&request).await {
+                    Ok(status) if status == ok => lat.push(started.elapsed()),
                     _ => errors += 1,
                 }
                 i += concurrency;
@@ -176,90 +276,55 @@ pub async fn run(mut config: Config, options: BenchOptions) -> anyhow::Result<(V
 
     let mut rows = Vec::new();
     for &c in &options.concurrency {
-        let b = base.clone();
+        let scenario = |name, make: MakeRequest, ok| drive(name, addr, c, options.seconds, make, ok);
         rows.push(
-            drive(
+            scenario(
                 "reference: no work",
-                c,
-                options.seconds,
-                Arc::new(move |cl, _| cl.get(format!("{b}/_bench/none"))),
+                Arc::new(move |_| Request { method: "GET", path: "/_bench/none".into(), bearer: None, body: None }),
                 200,
             )
             .await,
         );
-        let (b, t) = (base.clone(), agent.clone());
+        let t = agent.clone();
         rows.push(
-            drive(
-                "reference: JWT only",
-                c,
-                options.seconds,
-                Arc::new(move |cl, _| cl.get(format!("{b}/_bench/jwt")).bearer_auth(&*t)),
-                200,
-            )
-            .await,
+            scenario("reference: JWT only", Arc::new(move |_| Request::get("/_bench/jwt".into(), &t)), 200).await,
         );
-        let (b, t, ids2) = (base.clone(), agent.clone(), ids.clone());
+        let (t, ids2) = (agent.clone(), ids.clone());
         rows.push(
-            drive(
+            scenario(
                 "masked read",
-                c,
-                options.seconds,
-                Arc::new(move |cl, i| {
-                    cl.get(format!("{b}/v1/customers/{}", ids2[i % ids2.len()]))
-                        .bearer_auth(&*t)
-                        .header("X-Purpose", "customer_service")
-                }),
+                Arc::new(move |i| Request::get(format!("/v1/customers/{}", ids2[i % ids2.len()]), &t)),
                 200,
             )
             .await,
         );
-        let (b, t, m) = (base.clone(), agent.clone(), mobiles.clone());
+        let (t, m) = (agent.clone(), mobiles.clone());
         rows.push(
-            drive(
+            scenario(
                 "search by mobile",
-                c,
-                options.seconds,
-                Arc::new(move |cl, i| {
-                    cl.post(format!("{b}/v1/customers/search"))
-                        .bearer_auth(&*t)
-                        .header("X-Purpose", "customer_service")
-                        .json(&json!({"match": {"mobile": m[i % m.len().max(1)]}}))
+                Arc::new(move |i| {
+                    Request::post(
+                        "/v1/customers/search".into(),
+                        &t,
+                        &json!({"match": {"mobile": m[i % m.len().max(1)]}}),
+                    )
                 }),
                 200,
             )
             .await,
         );
-        let (b, t) = (base.clone(), manager.clone());
+        let t = manager.clone();
         let body = json!({"region": "3201", "kind": "individual", "fields": {"name": "张三", "mobile": "13812345678", "resident_id": "11010519491231002X", "email": "a@example.cn", "address": "江苏省南京市玄武区中山路1号", "birth_date": "1949-12-31", "bank_card": "6222021234567890128"}});
+        rows.push(scenario("create", Arc::new(move |_| Request::post("/v1/customers".into(), &t, &body)), 201).await);
+        let (t, ids2) = (service.clone(), ids.clone());
         rows.push(
-            drive(
-                "create",
-                c,
-                options.seconds,
-                Arc::new(move |cl, _| {
-                    cl.post(format!("{b}/v1/customers"))
-                        .bearer_auth(&*t)
-                        .header("X-Purpose", "customer_service")
-                        .json(&body)
-                }),
-                201,
-            )
-            .await,
-        );
-        let (b, t, ids2) = (base.clone(), service.clone(), ids.clone());
-        rows.push(
-            drive(
+            scenario(
                 "batch-get 100",
-                c,
-                options.seconds,
-                Arc::new(move |cl, i| {
+                Arc::new(move |i| {
                     let start = (i * 100) % ids2.len().saturating_sub(100).max(1);
                     let batch: Vec<String> =
                         ids2[start..(start + 100).min(ids2.len())].iter().map(|x| x.to_string()).collect();
-                    cl.post(format!("{b}/v1/customers/batch-get"))
-                        .bearer_auth(&*t)
-                        .header("X-Purpose", "customer_service")
-                        .json(&json!({"ids": batch}))
+                    Request::post("/v1/customers/batch-get".into(), &t, &json!({"ids": batch}))
                 }),
                 200,
             )

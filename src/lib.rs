@@ -16,6 +16,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod background;
 pub mod bench;
 pub mod config;
 pub mod crypto;

@@ -62,7 +62,8 @@ impl AuditLog {
     pub fn start(store: Arc<dyn Store>, signer: Arc<CheckpointSigner>, policy: CheckpointPolicy) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let last_checkpoint = Arc::new(tokio::sync::Mutex::new(None::<i64>));
-        tokio::spawn(write_loop(store.clone(), rx, signer.clone(), policy, last_checkpoint.clone()));
+        let writer = write_loop(store.clone(), rx, signer.clone(), policy, last_checkpoint.clone());
+        crate::background::spawn_dedicated("audit-writer", writer);
         tokio::spawn(checkpoint_loop(store.clone(), signer, policy, last_checkpoint, tx.downgrade()));
         AuditLog { tx, store }
     }

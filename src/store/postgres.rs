@@ -27,7 +27,7 @@ impl PgStore {
     }
 }
 
-impl_store!(PgStore, sqlx::Postgres, {
+impl_store!(PgStore, sqlx::Postgres, fields_of_customer = "(SELECT string_agg(f.field || ':' || encode(f.sealed, 'hex'), ',') FROM customer_fields f WHERE f.customer_id = c.id)", {
     fn backend(&self) -> Backend {
         Backend::Postgres
     }

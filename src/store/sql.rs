@@ -5,7 +5,7 @@
 /// Implements [`super::Store`] for a store type with `read` and `write` pools of one driver.
 /// Backend-specific trait items (`backend`, …) are passed in the braces.
 macro_rules! impl_store {
-    ($store:ty, $db:ty, { $($extra:item)* }) => {
+    ($store:ty, $db:ty, fields_of_customer = $fields:literal, { $($extra:item)* }) => {
         async fn insert_grant_in(
             tx: &mut sqlx::Transaction<'_, $db>,
             g: &$crate::store::GrantRecord,
@@ -29,48 +29,50 @@ macro_rules! impl_store {
             Ok(())
         }
 
-        const CUSTOMER_SELECT: &str =
+        /// Customers, one row each, with their sealed fields folded into one text column
+        /// (`field:hex,…`, by the backend's own aggregate): the driver copies every value of
+        /// every row, and a join repeating ten record columns on each field row made that
+        /// copying the largest cost of a read. One statement, so the record and its fields
+        /// come from one snapshot: a concurrent update can never pair a row of one version
+        /// with fields sealed for another.
+        const CUSTOMER_SELECT: &str = concat!(
             "SELECT c.id, c.region, c.kind, c.vip_level, c.status, c.version, c.kek_version, c.wrapped_key, \
-             c.created_at, c.updated_at, f.field, f.sealed \
-             FROM customers c LEFT JOIN customer_fields f ON f.customer_id = c.id";
+             c.created_at, c.updated_at, ",
+            $fields,
+            " AS fields FROM customers c"
+        );
 
-        /// Groups rows of `CUSTOMER_SELECT` (ordered by customer) into records.
+        /// The record of a row of `CUSTOMER_SELECT`.
+        fn record_from_row(
+            row: &<$db as sqlx::Database>::Row,
+        ) -> Result<$crate::store::CustomerRecord, $crate::store::StoreError> {
+            use sqlx::Row;
+            let kind: String = row.try_get("kind")?;
+            let status: String = row.try_get("status")?;
+            let fields: Option<String> = row.try_get("fields")?;
+            Ok($crate::store::CustomerRecord {
+                id: row.try_get("id")?,
+                region: row.try_get("region")?,
+                kind: $crate::store::parse_kind(&kind)?,
+                vip_level: row.try_get("vip_level")?,
+                status: $crate::store::parse_status(&status)?,
+                version: row.try_get("version")?,
+                wrapped_key: $crate::crypto::WrappedKey {
+                    kek_version: $crate::store::kek_version(row.try_get("kek_version")?)?,
+                    bytes: row.try_get("wrapped_key")?,
+                },
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                fields: $crate::store::parse_folded_fields(fields.as_deref().unwrap_or(""))?,
+                index: Vec::new(),
+            })
+        }
+
+        /// The records of rows of `CUSTOMER_SELECT`.
         fn records_from_rows(
             rows: &[<$db as sqlx::Database>::Row],
         ) -> Result<Vec<$crate::store::CustomerRecord>, $crate::store::StoreError> {
-            use sqlx::Row;
-            let mut out: Vec<$crate::store::CustomerRecord> = Vec::new();
-            for row in rows {
-                let id: uuid::Uuid = row.try_get("id")?;
-                if out.last().is_none_or(|r| r.id != id) {
-                    let kind: String = row.try_get("kind")?;
-                    let status: String = row.try_get("status")?;
-                    out.push($crate::store::CustomerRecord {
-                        id,
-                        region: row.try_get("region")?,
-                        kind: $crate::store::parse_kind(&kind)?,
-                        vip_level: row.try_get("vip_level")?,
-                        status: $crate::store::parse_status(&status)?,
-                        version: row.try_get("version")?,
-                        wrapped_key: $crate::crypto::WrappedKey {
-                            kek_version: $crate::store::kek_version(row.try_get("kek_version")?)?,
-                            bytes: row.try_get("wrapped_key")?,
-                        },
-                        created_at: row.try_get("created_at")?,
-                        updated_at: row.try_get("updated_at")?,
-                        fields: Vec::new(),
-                        index: Vec::new(),
-                    });
-                }
-                if let (Some(name), Some(record)) = (row.try_get::<Option<String>, _>("field")?, out.last_mut()) {
-                    let sealed: Option<Vec<u8>> = row.try_get("sealed")?;
-                    record.fields.push($crate::store::SealedField {
-                        name,
-                        sealed: sealed.ok_or($crate::store::StoreError::Corrupt("field without ciphertext"))?,
-                    });
-                }
-            }
-            Ok(out)
+            rows.iter().map(record_from_row).collect()
         }
 
         async fn insert_index_in(
@@ -101,8 +103,10 @@ macro_rules! impl_store {
             events: &[$crate::audit::AuditEvent],
         ) -> Result<$crate::store::AuditHead, $crate::store::StoreError> {
             use sqlx::Row;
-            sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1").execute(&mut **tx).await?;
-            let row = sqlx::query("SELECT seq, chain_hash FROM audit_head WHERE id = 1").fetch_one(&mut **tx).await?;
+            // Locks the head (other instances append to the same chain) and reads it.
+            let row = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, chain_hash")
+                .fetch_one(&mut **tx)
+                .await?;
             let mut seq: i64 = row.try_get(0)?;
             let mut head: Vec<u8> = row.try_get(1)?;
             // Chain first, then write the whole batch with multi-row statements.
@@ -114,7 +118,7 @@ macro_rules! impl_store {
                 head = hash.to_vec();
                 rows.push((seq, e, ids, fields, hash));
             }
-            for part in rows.chunks(400) {
+            for part in $crate::store::pow2_chunks(&rows, 256) {
                 let mut qb = sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO audit_events ({EVENT_COLUMNS}) "));
                 qb.push_values(part, |mut b, (seq, e, ids, fields, hash)| {
                     b.push_bind(*seq)
@@ -138,7 +142,7 @@ macro_rules! impl_store {
             }
             let links: Vec<(uuid::Uuid, i64)> =
                 rows.iter().flat_map(|(seq, e, ..)| e.customer_ids.iter().map(move |c| (*c, *seq))).collect();
-            for part in links.chunks(2000) {
+            for part in $crate::store::pow2_chunks(&links, 1024) {
                 let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO audit_event_customers (customer_id, seq) ");
                 qb.push_values(part, |mut b, (c, seq)| {
                     b.push_bind(*c).push_bind(*seq);
@@ -200,47 +204,18 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn insert_customer(&self, r: &$crate::store::CustomerRecord, audit: &$crate::audit::AuditEvent) -> Result<(), $crate::store::StoreError> {
-                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
-                sqlx::query(
-                    "INSERT INTO customers (id, region, kind, vip_level, status, version, kek_version, \
-                     wrapped_key, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .bind(r.id)
-                .bind(&r.region)
-                .bind(r.kind.as_str())
-                .bind(r.vip_level)
-                .bind(r.status.as_str())
-                .bind(r.version)
-                .bind(i64::from(r.wrapped_key.kek_version))
-                .bind(&r.wrapped_key.bytes)
-                .bind(r.created_at)
-                .bind(r.updated_at)
-                .execute(&mut *tx)
-                .await?;
-                for f in &r.fields {
-                    sqlx::query("INSERT INTO customer_fields (customer_id, field, sealed) VALUES ($1, $2, $3)")
-                        .bind(r.id)
-                        .bind(&f.name)
-                        .bind(&f.sealed)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                insert_index_in(&mut tx, r.id, &r.index).await?;
-                append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
             async fn customer(&self, id: uuid::Uuid) -> Result<Option<$crate::store::CustomerRecord>, $crate::store::StoreError> {
                 let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
-                // One statement, so the record and its fields come from one snapshot: a concurrent
-                // update can never pair a row of one version with fields sealed for another.
-                let rows = sqlx::query(&format!("{CUSTOMER_SELECT} WHERE c.id = $1 ORDER BY f.field"))
-                    .bind(id)
-                    .fetch_all(&mut *conn)
-                    .await?;
-                Ok(records_from_rows(&rows)?.pop())
+                let row = sqlx::query(concat!(
+                    "SELECT c.id, c.region, c.kind, c.vip_level, c.status, c.version, c.kek_version, c.wrapped_key, \
+                     c.created_at, c.updated_at, ",
+                    $fields,
+                    " AS fields FROM customers c WHERE c.id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+                row.as_ref().map(record_from_row).transpose()
             }
 
             async fn customers_by_ids(
@@ -259,7 +234,7 @@ macro_rules! impl_store {
                 }
                 qb.push(")");
                 $crate::store::push_scope_filter(&mut qb, "c.region", scopes);
-                qb.push(" ORDER BY c.id, f.field");
+                qb.push(" ORDER BY c.id");
                 let rows = qb.build().fetch_all(&mut *conn).await?;
                 records_from_rows(&rows)
             }
@@ -757,9 +732,14 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn insert_customers_bulk(&self, records: &[$crate::store::CustomerRecord], audit: &$crate::audit::AuditEvent) -> Result<(), $crate::store::StoreError> {
+            async fn insert_customers(
+                &self,
+                records: &[$crate::store::CustomerRecord],
+                events: &[$crate::audit::AuditEvent],
+            ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::pow2_chunks;
                 let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
-                for chunk in records.chunks(500) {
+                for chunk in pow2_chunks(records, 256) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO customers (id, region, kind, vip_level, status, version, kek_version, wrapped_key, created_at, updated_at) ",
                     );
@@ -776,26 +756,28 @@ macro_rules! impl_store {
                             .push_bind(r.updated_at);
                     });
                     qb.build().execute(&mut *tx).await?;
-                    let fields: Vec<(uuid::Uuid, &$crate::store::SealedField)> =
-                        chunk.iter().flat_map(|r| r.fields.iter().map(move |f| (r.id, f))).collect();
-                    for part in fields.chunks(2000) {
-                        let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO customer_fields (customer_id, field, sealed) ");
-                        qb.push_values(part, |mut b, (id, f)| {
-                            b.push_bind(*id).push_bind(f.name.as_str()).push_bind(f.sealed.as_slice());
-                        });
-                        qb.build().execute(&mut *tx).await?;
-                    }
-                    let index: Vec<(uuid::Uuid, &$crate::store::IndexEntry)> =
-                        chunk.iter().flat_map(|r| r.index.iter().map(move |e| (r.id, e))).collect();
-                    for part in index.chunks(2000) {
-                        let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO blind_index (field, digest, customer_id, key_version) ");
-                        qb.push_values(part, |mut b, (id, e)| {
-                            b.push_bind(e.field.as_str()).push_bind(e.digest.as_slice()).push_bind(*id).push_bind(e.key_version);
-                        });
-                        qb.build().execute(&mut *tx).await?;
-                    }
                 }
-                append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
+                let fields: Vec<(uuid::Uuid, &$crate::store::SealedField)> =
+                    records.iter().flat_map(|r| r.fields.iter().map(move |f| (r.id, f))).collect();
+                for part in pow2_chunks(&fields, 1024) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO customer_fields (customer_id, field, sealed) ");
+                    qb.push_values(part, |mut b, (id, f)| {
+                        b.push_bind(*id).push_bind(f.name.as_str()).push_bind(f.sealed.as_slice());
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                let index: Vec<(uuid::Uuid, &$crate::store::IndexEntry)> =
+                    records.iter().flat_map(|r| r.index.iter().map(move |e| (r.id, e))).collect();
+                for part in pow2_chunks(&index, 1024) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO blind_index (field, digest, customer_id, key_version) ");
+                    qb.push_values(part, |mut b, (id, e)| {
+                        b.push_bind(e.field.as_str()).push_bind(e.digest.as_slice()).push_bind(*id).push_bind(e.key_version);
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                if !events.is_empty() {
+                    append_events_in(&mut tx, events).await?;
+                }
                 tx.commit().await?;
                 Ok(())
             }

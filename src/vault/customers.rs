@@ -135,7 +135,7 @@ impl Vault {
         // Capability first: a caller who may not do this at all learns nothing about the id.
         let capability = self.authz.capability(&caller.principal, action, caller.purpose())?;
         caller.audit.add_customer(id);
-        let record = self.store.customer(id).await?.ok_or(VaultError::NotFound)?;
+        let record = self.reads.customer(id).await?.ok_or(VaultError::NotFound)?;
         let grant = capability.grant_for(&self.record_region(&record)?).ok_or(VaultError::NotFound)?;
         caller.audit.set_grant(grant);
         let lifts_restriction = matches!(action, Action::RestrictCustomer | Action::EraseCustomer);
@@ -323,10 +323,12 @@ impl Vault {
             fields: Self::seal_fields(&key, 1, &valid.fields)?,
             index: self.index_entries(&valid.fields),
         };
-        self.store.insert_customer(&record, &caller.audit.closed(201)).await?;
+        let created = summary(&record);
+        // Group-committed with other creates waiting at the same moment, with its audit event.
+        self.creates.insert(record, caller.audit.closed(201)).await?;
         caller.audit.mark_recorded();
-        tracing::info!(customer_id = %id, region = %record.region, "customer created");
-        Ok(summary(&record))
+        tracing::info!(customer_id = %id, region = %valid.region.as_str(), "customer created");
+        Ok(created)
     }
 
     /// Reads a customer record as the caller's views show it, limited to `only` when given.

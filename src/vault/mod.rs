@@ -21,6 +21,7 @@ use crate::authz::{Authorizer, Denied, GrantCache, Policy};
 use crate::crypto::{CryptoError, KeySource};
 use crate::domain::{Catalogue, Regions, ValidationErrors};
 use crate::mask::ViewPolicy;
+use crate::store::group::{CreateQueue, ReadQueue};
 use crate::store::{Store, StoreError};
 use limits::RateLimiter;
 
@@ -133,6 +134,8 @@ pub struct VaultParts {
 /// The vault.
 pub struct Vault {
     store: Arc<dyn Store>,
+    creates: CreateQueue,
+    reads: ReadQueue,
     keys: keys::Keys,
     catalogue: Arc<Catalogue>,
     regions: &'static Regions,
@@ -158,6 +161,8 @@ impl Vault {
         let keys = keys::Keys::load(keys, searchable)?;
         let grants = GrantCache::load(store.clone(), regions).await?;
         Ok(Vault {
+            creates: CreateQueue::start(store.clone()),
+            reads: ReadQueue::start(store.clone()),
             store,
             keys,
             catalogue,

@@ -43,7 +43,7 @@ impl Vault {
             }
             let audit = AuditHandle::detached("customer.seed");
             audit.set_principal(actor);
-            self.store.insert_customers_bulk(&records, &audit.closed(201)).await?;
+            self.store.insert_customers(&records, &[audit.closed(201)]).await?;
             ids.extend(records.iter().map(|r| r.id));
         }
         Ok(ids)

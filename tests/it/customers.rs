@@ -57,6 +57,82 @@ on_both! {
         assert_eq!(got["fields"]["mobile"], "13800138000");
     }
 
+    // Creates and reads arriving together are group-committed and combined into shared
+    // statements; each caller must still get exactly its own record and its own audit event.
+    async fn concurrent_creates_and_reads_each_get_their_own(h) {
+        let n = 48usize;
+        let mobile = |i: usize| format!("1381234{:04}", 1000 + i);
+        let creates = (0..n).map(|i| {
+            let mut body = individual("3201");
+            body["fields"]["mobile"] = json!(mobile(i));
+            let h = &h;
+            async move {
+                let r = h.post("/v1/customers", "alice", &body).send().await.unwrap();
+                assert_eq!(r.status(), 201);
+                let v: Value = r.json().await.unwrap();
+                (i, v["id"].as_str().unwrap().to_owned())
+            }
+        });
+        let created = futures::future::join_all(creates).await;
+        let missing = uuid::Uuid::now_v7().to_string();
+        let reads = created.iter().map(|(i, id)| {
+            let h = &h;
+            let missing = missing.clone();
+            async move {
+                let (a, b) = tokio::join!(
+                    h.get(&format!("/v1/customers/{id}"), "alice").send(),
+                    h.get(&format!("/v1/customers/{missing}"), "alice").send()
+                );
+                let (a, b) = (a.unwrap(), b.unwrap());
+                assert_eq!(b.status(), 404);
+                assert_eq!(a.status(), 200);
+                let v: Value = a.json().await.unwrap();
+                assert_eq!(v["id"], id.as_str());
+                assert_eq!(v["fields"]["mobile"], mobile(*i), "customer {i} got another record");
+            }
+        });
+        futures::future::join_all(reads).await;
+        let events = h.scalar("SELECT count(*) FROM audit_events WHERE action = 'customer.create' AND status = 201").await;
+        assert_eq!(events, n as i64);
+        let linked = h
+            .scalar(
+                "SELECT count(DISTINCT l.customer_id) FROM audit_event_customers l \
+                 JOIN audit_events e ON e.seq = l.seq WHERE e.action = 'customer.create'",
+            )
+            .await;
+        assert_eq!(linked, n as i64);
+    }
+
+    // When a group commit fails, its creates are retried one by one: a record that cannot be
+    // inserted (here: an id that exists) fails alone, and its neighbours are committed.
+    async fn a_failing_create_does_not_fail_its_batch(h) {
+        use custodia::audit::AuditEvent;
+        use custodia::store::group::CreateQueue;
+        let existing = h.create(individual("3201")).await;
+        let store = h.vault().store().clone();
+        let template = store.customer(existing).await.unwrap().unwrap();
+        let queue = CreateQueue::start(store.clone());
+        let jobs = (0..20).map(|i| {
+            let mut record = template.clone();
+            if i % 2 == 1 {
+                record.id = uuid::Uuid::now_v7();
+            }
+            let queue = queue.clone();
+            async move { (record.id, queue.insert(record, AuditEvent::now(format!("batch-{i}"), "customer.create")).await) }
+        });
+        let results = futures::future::join_all(jobs).await;
+        for (id, result) in &results {
+            if *id == existing {
+                assert!(result.is_err(), "a duplicate id must fail");
+            } else {
+                assert!(result.is_ok(), "a valid record failed with its batch: {result:?}");
+                assert!(store.customer(*id).await.unwrap().is_some());
+            }
+        }
+        let committed = h.scalar("SELECT count(*) FROM audit_events WHERE request_id LIKE 'batch-%'").await;
+        assert_eq!(committed, 10, "only the committed creates have events");
+    }
+
     async fn optimistic_concurrency(h) {
         let id = h.create(individual("3201")).await;
         let path = format!("/v1/customers/{id}");

@@ -1,0 +1,26 @@
+//! Background loops that requests wait on (the audit writer, the create queue) run on a thread
+//! of their own with a single-threaded runtime. On the shared runtime each of their awaits
+//! queued behind every runnable request task, so under load a group commit waited for the
+//! very requests that were waiting for it.
+//!
+//! Owns: starting such threads. Must never: run request handling.
+
+use std::future::Future;
+
+/// Runs `work` to completion on a new thread named `name`. Logs (and drops `work`) when the
+/// thread or its runtime cannot be created; callers then see their queue closed.
+pub fn spawn_dedicated<F>(name: &str, work: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, thread = name, "cannot start a background runtime");
+            return;
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name(name.to_owned()).spawn(move || runtime.block_on(work)) {
+        tracing::error!(error = %e, thread = name, "cannot start a background thread");
+    }
+}

@@ -1,0 +1,174 @@
+//! Group commit for creates: one loop takes every create waiting when it starts a transaction
+//! and commits them together, each with its own audit event, acknowledging each only after the
+//! commit. A create therefore costs a share of one commit instead of a whole one (a single
+//! SQLite writer commits a few thousand transactions a second, whatever their size).
+//!
+//! When a batch fails, its creates are retried one by one, so one bad record cannot fail its
+//! neighbours and each caller gets its own outcome.
+//!
+//! Owns: batching inserts of new records. Must never: change what is written, or acknowledge
+//! before the commit.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{CustomerRecord, Store, StoreError};
+use crate::audit::AuditEvent;
+
+/// Most creates in one transaction.
+const MAX_BATCH: usize = 256;
+/// Creates that may wait for the loop.
+const QUEUE: usize = 4096;
+
+type Ack = oneshot::Sender<Result<(), StoreError>>;
+
+/// The handle creates go through.
+#[derive(Clone, Debug)]
+pub struct CreateQueue {
+    tx: mpsc::Sender<(CustomerRecord, AuditEvent, Ack)>,
+}
+
+impl CreateQueue {
+    /// Starts the loop on its own thread.
+    pub fn start(store: Arc<dyn Store>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        crate::background::spawn_dedicated("create-queue", run(store, rx));
+        CreateQueue { tx }
+    }
+
+    /// Inserts `record` with its audit `event`; returns once both are committed.
+    pub async fn insert(&self, record: CustomerRecord, event: AuditEvent) -> Result<(), StoreError> {
+        let stopped = || StoreError::Unavailable(sqlx::Error::PoolClosed);
+        let (ack, done) = oneshot::channel();
+        self.tx.send((record, event, ack)).await.map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(CustomerRecord, AuditEvent, Ack)>) {
+    let mut records = Vec::with_capacity(MAX_BATCH);
+    let mut events = Vec::with_capacity(MAX_BATCH);
+    let mut acks = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some((r, e, a)) = next.take() {
+            records.push(r);
+            events.push(e);
+            acks.push(a);
+            if records.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        match store.insert_customers(&records, &events).await {
+            Ok(()) => {
+                for ack in acks.drain(..) {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Err(e) if acks.len() == 1 => {
+                if let Some(ack) = acks.pop() {
+                    let _ = ack.send(Err(e));
+                }
+            }
+            Err(_) => {
+                for ((r, e), ack) in records.iter().zip(&events).zip(acks.drain(..)) {
+                    let one = store.insert_customers(std::slice::from_ref(r), std::slice::from_ref(e)).await;
+                    let _ = ack.send(one);
+                }
+            }
+        }
+        records.clear();
+        events.clear();
+        acks.clear();
+    }
+}
+
+/// Most customers in one combined read.
+const MAX_READ_BATCH: usize = 64;
+/// Combined reads in flight at once.
+const READS_IN_FLIGHT: usize = 4;
+
+type ReadAck = oneshot::Sender<Result<Option<CustomerRecord>, StoreError>>;
+
+/// Combines single-customer reads that wait at the same moment into one `IN (…)` query (the
+/// read-side counterpart of the group commit): each query is a round trip to a connection's
+/// thread, which under load cost more than the lookup itself. Each record still comes from
+/// one statement, so it is never torn between versions. An idle vault sends each read alone,
+/// at once; nothing waits for a batch to fill.
+#[derive(Clone, Debug)]
+pub struct ReadQueue {
+    tx: mpsc::Sender<(uuid::Uuid, ReadAck)>,
+}
+
+impl ReadQueue {
+    /// Starts the loop on its own thread.
+    pub fn start(store: Arc<dyn Store>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        crate::background::spawn_dedicated("read-queue", read_loop(store, rx));
+        ReadQueue { tx }
+    }
+
+    /// One customer record, whatever its region (the caller checks scope).
+    pub async fn customer(&self, id: uuid::Uuid) -> Result<Option<CustomerRecord>, StoreError> {
+        let stopped = || StoreError::Unavailable(sqlx::Error::PoolClosed);
+        let (ack, done) = oneshot::channel();
+        self.tx.send((id, ack)).await.map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
+    }
+}
+
+async fn read_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(uuid::Uuid, ReadAck)>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(READS_IN_FLIGHT));
+    let everywhere = [crate::domain::RegionId::group()];
+    loop {
+        // Take a slot first, so the batch gathers whatever arrives while every slot is busy.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = rx.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_READ_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let store = store.clone();
+        let everywhere = everywhere.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let [(id, _)] = batch.as_slice() {
+                let result = store.customer(*id).await;
+                if let Some((_, ack)) = batch.pop() {
+                    let _ = ack.send(result);
+                }
+                return;
+            }
+            let mut ids: Vec<uuid::Uuid> = batch.iter().map(|(id, _)| *id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let mut found = Vec::with_capacity(ids.len());
+            let mut failed = None;
+            for part in super::pow2_chunks(&ids, MAX_READ_BATCH) {
+                match store.customers_by_ids(part, &everywhere).await {
+                    Ok(records) => found.extend(records),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                // Each caller gets its own outcome from its own read.
+                drop(e);
+                for (id, ack) in batch {
+                    let _ = ack.send(store.customer(id).await);
+                }
+                return;
+            }
+            for (id, ack) in batch {
+                let record = found.iter().find(|r| r.id == id).cloned();
+                let _ = ack.send(Ok(record));
+            }
+        });
+    }
+}
