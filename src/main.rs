@@ -82,6 +82,10 @@ enum Command {
         /// interrupted instead of driving load (for an external load driver).
         #[arg(long)]
         hold: Option<PathBuf>,
+        /// Also measure the do-it-yourself PostgreSQL baseline (pgcrypto, RLS, masking view,
+        /// pgaudit; durable audit row) with pgbench, using this script (installs what it needs).
+        #[arg(long, num_args = 0..=1, default_missing_value = "bench/baseline.sh")]
+        baseline: Option<PathBuf>,
     },
     /// Print the OpenAPI document.
     Openapi,
@@ -331,15 +335,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Bench { customers, seconds, concurrency, database_url, output, hold } => {
+        Command::Bench { customers, seconds, concurrency, database_url, output, hold, baseline } => {
             if let Some(url) = database_url {
                 config.database_url = url;
             }
-            let options = custodia::bench::BenchOptions { customers, concurrency, seconds, hold };
-            let (_, table) = custodia::bench::run(config, options).await?;
+            let options = custodia::bench::BenchOptions { customers, concurrency, seconds, hold, baseline };
+            let (rows, table) = custodia::bench::run(config, options).await?;
             println!("{table}");
             if let Some(path) = output {
                 std::fs::write(&path, &table)?;
+                let plot = path.with_extension("svg");
+                let caption = format!("custodia bench, {customers} customers, {seconds} s per point");
+                std::fs::write(&plot, custodia::bench::plot::svg(&rows, &caption))?;
+                println!("Wrote {} and {}.", path.display(), plot.display());
             }
             Ok(())
         }

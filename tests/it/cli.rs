@@ -142,7 +142,13 @@ async fn bootstrap_postgres() {
 /// and ends with a verified audit chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_harness_runs_every_scenario() {
-    let options = custodia::bench::BenchOptions { customers: 300, concurrency: vec![2], seconds: 0.3, hold: None };
+    let options = custodia::bench::BenchOptions {
+        customers: 300,
+        concurrency: vec![2],
+        seconds: 0.3,
+        hold: None,
+        baseline: None,
+    };
     let (rows, table) = custodia::bench::run(test_config(String::new()), options).await.unwrap();
     assert_eq!(rows.len(), 6);
     for r in &rows {

@@ -2,7 +2,12 @@
 //! HTTP at several concurrencies, printing requests/s and latency percentiles per scenario,
 //! each also as a ratio of two reference endpoints of the same server (no work, and JWT
 //! verification only). Then verifies the audit chain and prints the verification rate. The
-//! reference route exists only in the benchmark's own router.
+//! reference route exists only in the benchmark's own router. With `--baseline` it also
+//! measures the do-it-yourself PostgreSQL alternative on the same synthetic customers
+//! (`baseline`) and prints custodia ÷ baseline at equal concurrency; `plot` draws the figures.
+
+pub mod baseline;
+pub mod plot;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +30,12 @@ pub struct BenchOptions {
     /// Set up, then serve until interrupted instead of driving load (for external drivers
     /// such as wrk); the set-up facts are written to this file.
     pub hold: Option<std::path::PathBuf>,
+    /// Also run this do-it-yourself baseline script (see `baseline`).
+    pub baseline: Option<std::path::PathBuf>,
 }
+
+/// The seed of the synthetic customers (the baseline regenerates the same ones).
+const SEED: u64 = 1;
 
 /// One measured row.
 #[derive(Clone, Debug)]
@@ -218,7 +228,7 @@ pub async fn run(mut config: Config, options: BenchOptions) -> anyhow::Result<(V
     let (state, limits) = crate::app::build(&config).await?;
     let vault = state.vault.clone();
     let started = Instant::now();
-    let ids = Arc::new(vault.seed(options.customers, 1, "custodia:bench").await?);
+    let ids = Arc::new(vault.seed(options.customers, SEED, "custodia:bench").await?);
     let seeded = format!(
         "Seeded {} customers in {:.1} s ({:.0} records/s).\n\n",
         ids.len(),
@@ -332,6 +342,13 @@ pub async fn run(mut config: Config, options: BenchOptions) -> anyhow::Result<(V
         );
     }
 
+    let mut baseline_rows = Vec::new();
+    if let Some(script) = options.baseline.clone() {
+        let (customers, seconds, levels) = (options.customers, options.seconds, options.concurrency.clone());
+        baseline_rows =
+            tokio::task::spawn_blocking(move || baseline::run(&script, customers, SEED, seconds, &levels)).await??;
+    }
+
     // Audit verification rate.
     let verifier = crate::audit::CheckpointVerifier::load(&config.audit.public_key)?;
     let report = crate::audit::verify::verify(&**vault.store(), &verifier).await?;
@@ -363,9 +380,36 @@ pub async fn run(mut config: Config, options: BenchOptions) -> anyhow::Result<(V
             r.per_second / base_jwt.max(1e-9)
         ));
     }
+    for r in &baseline_rows {
+        table.push_str(&format!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | — | — |\n",
+            r.scenario, r.concurrency, r.per_second, r.p50_ms, r.p99_ms, r.p999_ms, r.errors
+        ));
+    }
+    if !baseline_rows.is_empty() {
+        table.push_str(
+            "\nAudited masked reads, custodia ÷ baseline at equal concurrency:\n\n\
+             | conc. | custodia req/s | ÷ pgaudit baseline | ÷ durable-audit-row baseline |\n|---:|---:|---:|---:|\n",
+        );
+        for &c in &options.concurrency {
+            let find = |name: &str, rows: &[Row]| {
+                rows.iter().find(|r| r.scenario == name && r.concurrency == c).map(|r| r.per_second)
+            };
+            if let Some(ours) = find("masked read", &rows) {
+                let ratio =
+                    |theirs: Option<f64>| theirs.map_or("—".to_owned(), |t| format!("{:.2}", ours / t.max(1e-9)));
+                table.push_str(&format!(
+                    "| {c} | {ours:.0} | {} | {} |\n",
+                    ratio(find(baseline::PGAUDIT, &baseline_rows)),
+                    ratio(find(baseline::DURABLE, &baseline_rows))
+                ));
+            }
+        }
+    }
     table.push_str(&format!(
         "\nAudit verification: {} events, {} checkpoints, ok = {}, in {} ms ({rate:.0} events/s).\n",
         report.events, report.checkpoints, report.ok, report.elapsed_ms
     ));
+    rows.extend(baseline_rows);
     Ok((rows, table))
 }
