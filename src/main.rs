@@ -247,7 +247,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let url = database_url.unwrap_or(config.database_url);
             let verifier = custodia::audit::CheckpointVerifier::load(&public_key)?;
             let store = custodia::store::open(&url, &custodia::store::StoreOptions::default()).await?;
-            let report = custodia::audit::verify::verify(&*store, &verifier).await?;
+            let report = custodia::audit::verify::verify(&store, &verifier).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if report.ok {
                 eprintln!(

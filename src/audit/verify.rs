@@ -2,6 +2,7 @@
 //! against the pinned public key. The first problem found is reported with the first bad
 //! sequence number.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -10,7 +11,9 @@ use super::chain::{self, GENESIS};
 use super::checkpoint::CheckpointVerifier;
 use crate::store::{Store, StoreError};
 
-const PAGE: u32 = 20_000;
+const PAGE: u32 = 10_000;
+/// Pages being fetched while one is checked.
+const PAGES_AHEAD: i64 = 3;
 
 /// The outcome of a verification.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -30,8 +33,11 @@ pub struct VerifyReport {
     pub elapsed_ms: u64,
 }
 
-/// Verifies the whole audit.
-pub async fn verify(store: &dyn Store, verifier: &CheckpointVerifier) -> Result<VerifyReport, StoreError> {
+/// Verifies the whole audit. The next pages are fetched and decoded on other tasks (and
+/// database connections) while this one is hashed, so reading and hashing overlap. Pages are
+/// fetched by sequence number ahead of time; that is sound because sequence numbers must be
+/// contiguous: the first gap stops verification before a later page is looked at.
+pub async fn verify(store: &Arc<dyn Store>, verifier: &CheckpointVerifier) -> Result<VerifyReport, StoreError> {
     let started = Instant::now();
     let checkpoints = store.checkpoints().await?;
     let mut report = VerifyReport {
@@ -53,11 +59,20 @@ pub async fn verify(store: &dyn Store, verifier: &CheckpointVerifier) -> Result<
     let mut head = GENESIS.to_vec();
     let mut expected = 1i64;
     let mut last_good_checkpoint = 0i64;
+    let fetch = |after: i64| {
+        let store = store.clone();
+        tokio::spawn(async move { store.audit_events_after(after, PAGE).await })
+    };
+    let mut pending: std::collections::VecDeque<_> = (0..PAGES_AHEAD).map(|i| fetch(i * i64::from(PAGE))).collect();
+    let mut next_after = PAGES_AHEAD * i64::from(PAGE);
     'pages: loop {
-        let page = store.audit_events_after(expected - 1, PAGE).await?;
+        let Some(next) = pending.pop_front() else { break };
+        let page = next.await.map_err(|_| StoreError::Corrupt("audit page reader stopped"))??;
         if page.is_empty() {
             break;
         }
+        pending.push_back(fetch(next_after));
+        next_after += i64::from(PAGE);
         for ev in &page {
             if ev.seq != expected {
                 fail(

@@ -217,6 +217,23 @@ fn token(config: &Config, sub: &str, pem: &[u8]) -> anyhow::Result<String> {
     Ok(mint(&request, pem)?)
 }
 
+/// The process's resident set now and at its peak (Linux), for the table.
+fn memory_report() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or("unknown".to_owned(), |kb| format!("{:.0} MB", kb / 1024.0))
+    };
+    format!(
+        "Memory (vault and load driver in one process): resident {} after the load, peak {}.\n",
+        field("VmRSS:"),
+        field("VmHWM:")
+    )
+}
+
 /// Runs the benchmark; returns the rows and a Markdown table.
 pub async fn run(mut config: Config, options: BenchOptions) -> anyhow::Result<(Vec<Row>, String)> {
     let dir = tempfile::tempdir()?;
@@ -342,6 +359,7 @@ pub async fn run(mut config: Config, options: BenchOptions) -> anyhow::Result<(V
         );
     }
 
+    let memory = memory_report();
     let mut baseline_rows = Vec::new();
     if let Some(script) = options.baseline.clone() {
         let (customers, seconds, levels) = (options.customers, options.seconds, options.concurrency.clone());
@@ -351,7 +369,7 @@ pub async fn run(mut config: Config, options: BenchOptions) -> anyhow::Result<(V
 
     // Audit verification rate.
     let verifier = crate::audit::CheckpointVerifier::load(&config.audit.public_key)?;
-    let report = crate::audit::verify::verify(&**vault.store(), &verifier).await?;
+    let report = crate::audit::verify::verify(vault.store(), &verifier).await?;
     let rate = report.events as f64 / (report.elapsed_ms.max(1) as f64 / 1000.0);
 
     let mut table = seeded;
@@ -410,6 +428,7 @@ pub async fn run(mut config: Config, options: BenchOptions) -> anyhow::Result<(V
         "\nAudit verification: {} events, {} checkpoints, ok = {}, in {} ms ({rate:.0} events/s).\n",
         report.events, report.checkpoints, report.ok, report.elapsed_ms
     ));
+    table.push_str(&memory);
     rows.extend(baseline_rows);
     Ok((rows, table))
 }

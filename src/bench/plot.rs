@@ -8,10 +8,10 @@ use std::fmt::Write;
 use super::Row;
 
 const W: f64 = 1000.0;
-const H: f64 = 440.0;
+const H: f64 = 460.0;
 const PANEL_W: f64 = 400.0;
 const PANEL_H: f64 = 300.0;
-const TOP: f64 = 50.0;
+const TOP: f64 = 70.0;
 const COLOURS: [&str; 8] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
 
 fn escape(s: &str) -> String {
@@ -135,7 +135,7 @@ pub fn svg(rows: &[Row], caption: &str) -> String {
     }
     let _ = write!(
         out,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="12">{}</text></svg>"#,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="12">{}</text></svg>"#,
         W / 2.0,
         escape(caption)
     );

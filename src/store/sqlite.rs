@@ -33,9 +33,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
-            // Read pages through a memory map instead of a read() and a copy into each
-            // connection's page cache (every commit invalidates the readers' caches in WAL mode).
-            .pragma("mmap_size", "1073741824");
+            // Rows a statement may run ahead of its reader (sqlx's default is 50, which made
+            // every long scan — verification, export — a ping-pong between two threads).
+            .row_buffer_size(4096);
         let path = connect.get_filename().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)

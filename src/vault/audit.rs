@@ -52,7 +52,7 @@ impl Vault {
     pub async fn verify_audit(&self, caller: &Caller) -> Result<VerifyReport, VaultError> {
         self.authz.capability(&caller.principal, Action::VerifyAudit, None)?;
         let verifier = self.verifier.as_ref().ok_or(VaultError::AuditUnavailable)?;
-        let report = verify::verify(&*self.store, verifier).await?;
+        let report = verify::verify(&self.store, verifier).await?;
         if !report.ok {
             tracing::error!(first_bad_seq = report.first_bad_seq, "AUDIT VERIFICATION FAILED");
         }

@@ -454,3 +454,34 @@ async fn walking_a_province_triggers_the_guard() {
     assert_eq!(clear(SO).await.unwrap().status(), 404);
     assert_eq!(h.get(&format!("/v1/customers/{}", ids[5]), "walker").send().await.unwrap().status(), 200);
 }
+
+on_both! {
+    // Verification reads several pages ahead by sequence number; a deletion in a later page or
+    // a truncation at a page boundary must still be named exactly, and an intact log spanning
+    // several pages must verify whole.
+    async fn verification_spans_pages(h) {
+        use custodia::audit::{AuditEvent, CheckpointVerifier};
+        let store = h.vault().store().clone();
+        let before = h.scalar("SELECT count(*) FROM audit_events").await;
+        let events: Vec<AuditEvent> =
+            (0..2500).map(|i| AuditEvent::now(format!("bulk-{i}"), "customer.read")).collect();
+        for _ in 0..10 {
+            store.append_audit(&events).await.unwrap();
+        }
+        let total = before + 25_000;
+        let verifier = CheckpointVerifier::load(std::path::Path::new(&root_path("keys-example/audit-ed25519.pub.pem"))).unwrap();
+        let report = custodia::audit::verify::verify(&store, &verifier).await.unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.events, total);
+        // Deep in the second page.
+        h.sql_as_owner(&["DELETE FROM audit_event_customers WHERE seq = 17003", "DELETE FROM audit_events WHERE seq = 17003"]).await;
+        let report = custodia::audit::verify::verify(&store, &verifier).await.unwrap();
+        assert!(!report.ok);
+        assert_eq!(report.first_bad_seq, Some(17003), "{report:?}");
+        // Truncated exactly at a page boundary: the head says more events existed.
+        h.sql_as_owner(&["DELETE FROM audit_event_customers WHERE seq > 10000", "DELETE FROM audit_events WHERE seq > 10000"]).await;
+        let report = custodia::audit::verify::verify(&store, &verifier).await.unwrap();
+        assert!(!report.ok);
+        assert_eq!(report.first_bad_seq, Some(10001), "{report:?}");
+    }
+}
