@@ -50,7 +50,7 @@ impl SqliteStore {
             .test_before_acquire(false)
             .max_connections(1)
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect.clone())
+            .connect_with(connect.clone().pragma("cache_size", "-65536"))
             .await?;
         let migrated = MIGRATOR.run(&write).await;
         drop(lock);

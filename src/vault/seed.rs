@@ -8,7 +8,7 @@ use super::{Vault, VaultError};
 use crate::audit::AuditHandle;
 use crate::domain::synthetic::Synthetic;
 use crate::domain::CustomerStatus;
-use crate::store::CustomerRecord;
+use crate::store::{CustomerRecord, StoreError};
 
 /// Customers per transaction.
 const BATCH: usize = 2000;
@@ -19,6 +19,7 @@ impl Vault {
         let mut generator = Synthetic::new(self.regions, seed);
         let mut ids = Vec::with_capacity(count);
         let ring = self.keyring();
+        let mut inserting: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
         while ids.len() < count {
             let n = BATCH.min(count - ids.len());
             let mut records = Vec::with_capacity(n);
@@ -43,8 +44,17 @@ impl Vault {
             }
             let audit = AuditHandle::detached("customer.seed");
             audit.set_principal(actor);
-            self.store.insert_customers(&records, &[audit.closed(201)]).await?;
             ids.extend(records.iter().map(|r| r.id));
+            // The previous batch commits (on the database's thread) while this one was sealed.
+            if let Some(previous) = inserting.take() {
+                previous.await.map_err(|_| VaultError::Store(StoreError::Corrupt("seeding task stopped")))??;
+            }
+            let store = self.store.clone();
+            let event = audit.closed(201);
+            inserting = Some(tokio::spawn(async move { store.insert_customers(&records, &[event]).await }));
+        }
+        if let Some(previous) = inserting.take() {
+            previous.await.map_err(|_| VaultError::Store(StoreError::Corrupt("seeding task stopped")))??;
         }
         Ok(ids)
     }
