@@ -768,8 +768,11 @@ macro_rules! impl_store {
                     });
                     qb.build().execute(&mut *tx).await?;
                 }
-                let index: Vec<(uuid::Uuid, &$crate::store::IndexEntry)> =
+                let mut index: Vec<(uuid::Uuid, &$crate::store::IndexEntry)> =
                     records.iter().flat_map(|r| r.index.iter().map(move |e| (r.id, e))).collect();
+                // In key order: digests are random, and sorted inserts walk the index's pages
+                // once each instead of jumping across the whole tree for every entry.
+                index.sort_unstable_by(|a, b| (&a.1.field, &a.1.digest).cmp(&(&b.1.field, &b.1.digest)));
                 for part in pow2_chunks(&index, 1024) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO blind_index (field, digest, customer_id, key_version) ");
                     qb.push_values(part, |mut b, (id, e)| {
