@@ -1,11 +1,19 @@
 //! The SQLite store: one file in WAL mode, `synchronous = FULL` (a commit is durable when it
 //! returns), a busy timeout, one writer connection and a pool of read-only readers.
 //! `sqlite::memory:` is refused: each pooled connection would get its own empty database.
+//!
+//! WAL checkpoints run on a connection of their own every half second (`PASSIVE`: they never
+//! wait for, or block, the writer), instead of inside whichever commit crossed SQLite's
+//! 1,000-page threshold: copying the WAL back and syncing the database file then stalled that
+//! commit, and every request waiting for the audit group commit behind it (masked reads at 64
+//! connections 10.6k -> 13.2k/s, p99 10.8 -> 8.9 ms).
 
 use std::str::FromStr;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection};
 
 use super::sql::impl_store;
 use super::{Backend, StoreError, StoreOptions};
@@ -13,9 +21,20 @@ use super::{Backend, StoreError, StoreOptions};
 /// Embedded SQLite migrations (`migrations/sqlite`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// How often the background checkpointer runs.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL pages after which a commit checkpoints by itself (~16 MB; SQLite's default is 1,000).
+/// By then the background checkpointer has normally copied the frames back already, so the
+/// commit's own checkpoint finds little to do, and the WAL is restarted from its beginning as
+/// soon as no reader needs its frames: under constant reads and writes a WAL restarts only
+/// opportunistically, so without this bound it would grow.
+const AUTOCHECKPOINT_BACKSTOP: &str = "4000";
+
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
+    /// The checkpointer stops when this is dropped.
+    _alive: Arc<()>,
 }
 
 impl SqliteStore {
@@ -35,7 +54,8 @@ impl SqliteStore {
             .foreign_keys(true)
             // Rows a statement may run ahead of its reader (sqlx's default is 50, which made
             // every long scan — verification, export — a ping-pong between two threads).
-            .row_buffer_size(4096);
+            .row_buffer_size(4096)
+            .pragma("wal_autocheckpoint", AUTOCHECKPOINT_BACKSTOP);
         let path = connect.get_filename().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -61,10 +81,37 @@ impl SqliteStore {
             .test_before_acquire(false)
             .max_connections(options.max_connections.clamp(1, 16))
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect.read_only(true))
+            .connect_with(connect.clone().read_only(true))
             .await?;
-        Ok(SqliteStore { read, write })
+        let alive = Arc::new(());
+        spawn_checkpointer(connect, Arc::downgrade(&alive));
+        Ok(SqliteStore { read, write, _alive: alive })
     }
+}
+
+/// Checkpoints the WAL every `CHECKPOINT_EVERY` on its own connection until `alive` is gone.
+fn spawn_checkpointer(options: SqliteConnectOptions, alive: Weak<()>) {
+    tokio::spawn(async move {
+        let mut conn = match options.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the WAL checkpoint connection; commits checkpoint by themselves");
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if alive.upgrade().is_none() {
+                let _ = conn.close().await;
+                return;
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut conn).await {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        }
+    });
 }
 
 /// Takes an exclusive lock on a file beside the database (released when dropped).
