@@ -372,23 +372,30 @@ pub(crate) fn kek_version(v: i64) -> Result<u32, StoreError> {
 /// in either case) into records sorted by field name.
 pub(crate) fn parse_folded_fields(text: &str) -> Result<Vec<SealedField>, StoreError> {
     const BAD: StoreError = StoreError::Corrupt("malformed folded fields");
-    let mut out = Vec::with_capacity(8);
+    /// A hex digit's value, or 0xFF.
+    const fn nibble(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => 0xFF,
+        }
+    }
+    let mut out = Vec::with_capacity(10);
     for part in text.split(',').filter(|p| !p.is_empty()) {
         let (name, hex) = part.split_once(':').ok_or(BAD)?;
+        let hex = hex.as_bytes();
         if hex.len() % 2 != 0 {
             return Err(BAD);
         }
-        let nibble = |c: u8| match c {
-            b'0'..=b'9' => Ok(c - b'0'),
-            b'a'..=b'f' => Ok(c - b'a' + 10),
-            b'A'..=b'F' => Ok(c - b'A' + 10),
-            _ => Err(BAD),
-        };
-        let sealed = hex
-            .as_bytes()
-            .chunks_exact(2)
-            .map(|p| Ok((nibble(p[0])? << 4) | nibble(p[1])?))
-            .collect::<Result<Vec<u8>, StoreError>>()?;
+        let mut sealed = Vec::with_capacity(hex.len() / 2);
+        for pair in hex.chunks_exact(2) {
+            let (hi, lo) = (nibble(pair[0]), nibble(pair[1]));
+            if (hi | lo) > 0x0F {
+                return Err(BAD);
+            }
+            sealed.push((hi << 4) | lo);
+        }
         out.push(SealedField { name: name.to_owned(), sealed });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
