@@ -11,9 +11,9 @@ use super::chain::{self, GENESIS};
 use super::checkpoint::CheckpointVerifier;
 use crate::store::{Store, StoreError};
 
-const PAGE: u32 = 10_000;
+const PAGE: u32 = 2_000;
 /// Pages being fetched while one is checked.
-const PAGES_AHEAD: i64 = 3;
+const PAGES_AHEAD: i64 = 6;
 
 /// The outcome of a verification.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
