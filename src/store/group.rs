@@ -3,8 +3,13 @@
 //! commit. A create therefore costs a share of one commit instead of a whole one (a single
 //! SQLite writer commits a few thousand transactions a second, whatever their size).
 //!
-//! When a batch fails, its creates are retried one by one, so one bad record cannot fail its
-//! neighbours and each caller gets its own outcome.
+//! A create whose caller has gone (timed out, disconnected) before its batch starts is dropped,
+//! never committed behind the caller's back.
+//!
+//! When a batch fails on a constraint, its creates are retried one by one, so one bad record
+//! cannot fail its neighbours and each caller gets its own outcome. Any other failure (database
+//! unreachable, locked, timed out) is every caller's answer at once: retrying each create would
+//! wait out the same timeout once per create and wedge the queue for the whole outage.
 //!
 //! Owns: batching inserts of new records. Must never: change what is written, or acknowledge
 //! before the commit.
@@ -23,6 +28,16 @@ const QUEUE: usize = 4096;
 
 type Ack = oneshot::Sender<Result<(), StoreError>>;
 
+/// Whether a failure can be down to one record of the batch (a violated constraint).
+fn is_constraint(e: &StoreError) -> bool {
+    matches!(e, StoreError::Database(sqlx::Error::Database(db)) if db.kind() != sqlx::error::ErrorKind::Other)
+}
+
+/// What a caller is told when the database (or the loop serving it) is unavailable.
+fn unavailable() -> StoreError {
+    StoreError::Unavailable(sqlx::Error::PoolClosed)
+}
+
 /// The handle creates go through.
 #[derive(Clone, Debug)]
 pub struct CreateQueue {
@@ -39,10 +54,9 @@ impl CreateQueue {
 
     /// Inserts `record` with its audit `event`; returns once both are committed.
     pub async fn insert(&self, record: CustomerRecord, event: AuditEvent) -> Result<(), StoreError> {
-        let stopped = || StoreError::Unavailable(sqlx::Error::PoolClosed);
         let (ack, done) = oneshot::channel();
-        self.tx.send((record, event, ack)).await.map_err(|_| stopped())?;
-        done.await.map_err(|_| stopped())?
+        self.tx.send((record, event, ack)).await.map_err(|_| unavailable())?;
+        done.await.map_err(|_| unavailable())?
     }
 }
 
@@ -53,12 +67,17 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(CustomerRecord, Audi
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some((r, e, a)) = next.take() {
-            records.push(r);
-            events.push(e);
-            acks.push(a);
+            if !a.is_closed() {
+                records.push(r);
+                events.push(e);
+                acks.push(a);
+            }
             if records.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
+        }
+        if acks.is_empty() {
+            continue;
         }
         match store.insert_customers(&records, &events).await {
             Ok(()) => {
@@ -71,8 +90,17 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(CustomerRecord, Audi
                     let _ = ack.send(Err(e));
                 }
             }
+            Err(e) if !is_constraint(&e) => {
+                tracing::warn!(error = %e, creates = acks.len(), "batch of creates failed; refused together");
+                for ack in acks.drain(..) {
+                    let _ = ack.send(Err(unavailable()));
+                }
+            }
             Err(_) => {
                 for ((r, e), ack) in records.iter().zip(&events).zip(acks.drain(..)) {
+                    if ack.is_closed() {
+                        continue;
+                    }
                     let one = store.insert_customers(std::slice::from_ref(r), std::slice::from_ref(e)).await;
                     let _ = ack.send(one);
                 }
@@ -111,10 +139,9 @@ impl ReadQueue {
 
     /// One customer record, whatever its region (the caller checks scope).
     pub async fn customer(&self, id: uuid::Uuid) -> Result<Option<CustomerRecord>, StoreError> {
-        let stopped = || StoreError::Unavailable(sqlx::Error::PoolClosed);
         let (ack, done) = oneshot::channel();
-        self.tx.send((id, ack)).await.map_err(|_| stopped())?;
-        done.await.map_err(|_| stopped())?
+        self.tx.send((id, ack)).await.map_err(|_| unavailable())?;
+        done.await.map_err(|_| unavailable())?
     }
 }
 
@@ -157,13 +184,23 @@ async fn read_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(uuid::Uuid, Re
                     }
                 }
             }
-            if let Some(e) = failed {
-                // Each caller gets its own outcome from its own read.
-                drop(e);
-                for (id, ack) in batch {
-                    let _ = ack.send(store.customer(id).await);
+            match failed {
+                Some(StoreError::Unavailable(e)) => {
+                    tracing::warn!(error = %e, reads = batch.len(), "database unavailable: combined read refused");
+                    for (_, ack) in batch {
+                        let _ = ack.send(Err(unavailable()));
+                    }
+                    return;
                 }
-                return;
+                Some(e) => {
+                    // Each caller gets its own outcome from its own read.
+                    tracing::warn!(error = %e, reads = batch.len(), "combined read failed; reading one by one");
+                    for (id, ack) in batch {
+                        let _ = ack.send(store.customer(id).await);
+                    }
+                    return;
+                }
+                None => {}
             }
             for (id, ack) in batch {
                 let record = found.iter().find(|r| r.id == id).cloned();

@@ -41,6 +41,13 @@ macro_rules! impl_store {
             $fields,
             " AS fields FROM customers c"
         );
+        /// `CUSTOMER_SELECT` for one id (a literal of its own: consts cannot be concatenated).
+        const CUSTOMER_BY_ID: &str = concat!(
+            "SELECT c.id, c.region, c.kind, c.vip_level, c.status, c.version, c.kek_version, c.wrapped_key, \
+             c.created_at, c.updated_at, ",
+            $fields,
+            " AS fields FROM customers c WHERE c.id = $1"
+        );
 
         /// The record of a row of `CUSTOMER_SELECT`.
         fn record_from_row(
@@ -208,15 +215,7 @@ macro_rules! impl_store {
 
             async fn customer(&self, id: uuid::Uuid) -> Result<Option<$crate::store::CustomerRecord>, $crate::store::StoreError> {
                 let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
-                let row = sqlx::query(concat!(
-                    "SELECT c.id, c.region, c.kind, c.vip_level, c.status, c.version, c.kek_version, c.wrapped_key, \
-                     c.created_at, c.updated_at, ",
-                    $fields,
-                    " AS fields FROM customers c WHERE c.id = $1"
-                ))
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?;
+                let row = sqlx::query(CUSTOMER_BY_ID).bind(id).fetch_optional(&mut *conn).await?;
                 row.as_ref().map(record_from_row).transpose()
             }
 

@@ -301,6 +301,45 @@ async fn readiness_fails_when_the_database_refuses_connections() {
     sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).execute(&mut admin).await.unwrap();
 }
 
+/// A create whose caller gave up while it waited in the create queue (here: behind a writer
+/// holding the database lock) is dropped, never committed behind the caller's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_abandoned_while_queued_is_never_committed() {
+    use custodia::audit::AuditEvent;
+    use custodia::store::group::CreateQueue;
+    use sqlx::{Connection, Executor};
+    let h = Harness::start(Db::sqlite()).await;
+    let existing = h.create(individual("3201")).await;
+    let store = h.vault().store().clone();
+    let template = store.customer(existing).await.unwrap().unwrap();
+    let queue = CreateQueue::start(store.clone());
+    // Another writer holds the lock: the first create waits for it inside its batch.
+    let mut locker = sqlx::SqliteConnection::connect(&h.db.url()).await.unwrap();
+    locker.execute("BEGIN IMMEDIATE").await.unwrap();
+    let mut first = template.clone();
+    first.id = uuid::Uuid::now_v7();
+    let waiting = tokio::spawn({
+        let (queue, first) = (queue.clone(), first.clone());
+        async move { queue.insert(first, AuditEvent::now("kept".into(), "customer.create")).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The second create queues behind it, and its caller gives up.
+    let mut abandoned = template.clone();
+    abandoned.id = uuid::Uuid::now_v7();
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        queue.insert(abandoned.clone(), AuditEvent::now("abandoned".into(), "customer.create")),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the second create should still be queued");
+    locker.execute("ROLLBACK").await.unwrap();
+    assert!(waiting.await.unwrap().is_ok());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(store.customer(first.id).await.unwrap().is_some());
+    assert!(store.customer(abandoned.id).await.unwrap().is_none(), "an abandoned create was committed");
+    assert_eq!(h.scalar("SELECT count(*) FROM audit_events WHERE request_id = 'abandoned'").await, 0);
+}
+
 /// A client that sends its headers and then trickles the body is cut off by the request
 /// timeout with a problem, not allowed to hold a worker forever (threats §10).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
