@@ -196,9 +196,10 @@ impl From<VaultError> for ApiError {
             }
             VaultError::Store(ref inner) => {
                 tracing::error!(error = %inner, "storage failure");
-                match inner {
-                    crate::store::StoreError::Unavailable(_) => ApiError::unavailable("the database is unavailable"),
-                    _ => ApiError::internal(),
+                if inner.is_unavailable() {
+                    ApiError::unavailable("the database is unavailable")
+                } else {
+                    ApiError::internal()
                 }
             }
         }

@@ -94,31 +94,37 @@ async fn write_loop(
     policy: CheckpointPolicy,
     last_checkpoint: Arc<tokio::sync::Mutex<Option<i64>>>,
 ) {
-    let mut batch: Vec<(AuditEvent, oneshot::Sender<Result<i64, String>>)> = Vec::with_capacity(MAX_BATCH);
+    // Events and their acknowledgements side by side: the events go to the store as they are.
+    let mut events: Vec<AuditEvent> = Vec::with_capacity(MAX_BATCH);
+    let mut acks: Vec<oneshot::Sender<Result<i64, String>>> = Vec::with_capacity(MAX_BATCH);
     while let Some(Job::Append(e, ack)) = rx.recv().await {
-        batch.push((e, ack));
-        while batch.len() < MAX_BATCH {
+        events.push(e);
+        acks.push(ack);
+        while events.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(Job::Append(e, ack)) => batch.push((e, ack)),
+                Ok(Job::Append(e, ack)) => {
+                    events.push(e);
+                    acks.push(ack);
+                }
                 Err(_) => break,
             }
         }
-        let events: Vec<AuditEvent> = batch.iter().map(|(e, _)| e.clone()).collect();
         match store.append_audit(&events).await {
             Ok(head) => {
                 let first = head.seq - events.len() as i64 + 1;
-                for (i, (_, ack)) in batch.drain(..).enumerate() {
+                for (i, ack) in acks.drain(..).enumerate() {
                     let _ = ack.send(Ok(first + i as i64));
                 }
                 maybe_checkpoint(&*store, &signer, policy, &last_checkpoint, head.seq, &head.chain_hash, false).await;
             }
             Err(e) => {
                 let msg = e.to_string();
-                for (_, ack) in batch.drain(..) {
+                for ack in acks.drain(..) {
                     let _ = ack.send(Err(msg.clone()));
                 }
             }
         }
+        events.clear();
     }
 }
 

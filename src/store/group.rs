@@ -185,7 +185,7 @@ async fn read_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(uuid::Uuid, Re
                 }
             }
             match failed {
-                Some(StoreError::Unavailable(e)) => {
+                Some(e) if e.is_unavailable() => {
                     tracing::warn!(error = %e, reads = batch.len(), "database unavailable: combined read refused");
                     for (_, ack) in batch {
                         let _ = ack.send(Err(unavailable()));

@@ -34,6 +34,9 @@ pub enum StoreError {
     Database(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// An error of the direct SQLite path (long scans, see [`sqlite`]).
+    #[error("database error: {0}")]
+    Sqlite(#[source] rusqlite::Error),
     #[error("stored row is corrupt: {0}")]
     Corrupt(&'static str),
     #[error("unsupported database url: {0}")]
@@ -48,6 +51,32 @@ impl From<sqlx::Error> for StoreError {
             }
             other => StoreError::Database(other),
         }
+    }
+}
+
+impl StoreError {
+    /// Whether the database could not be reached or used at all (as opposed to a statement
+    /// failing): callers answer 503 and do not retry record by record.
+    pub fn is_unavailable(&self) -> bool {
+        use rusqlite::ErrorCode as Code;
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                Code::DatabaseBusy
+                    | Code::DatabaseLocked
+                    | Code::CannotOpen
+                    | Code::SystemIoFailure
+                    | Code::OutOfMemory
+            ),
+            _ => false,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
     }
 }
 
@@ -297,9 +326,41 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(Uuid, String)>, StoreError>;
 }
 
-/// Appends `AND (…)` restricting a `region` column to the subtrees of `scopes` (nothing when
-/// `scopes` is empty). Region codes have fixed lengths, so a province's subtree is exactly the
-/// rows whose first two characters are its code.
+/// A piece of SQL text or a bound value, for filters both drivers render.
+pub(crate) enum SqlPiece<'a> {
+    Text(String),
+    Bind(&'a str),
+}
+
+/// `AND (…)` restricting a `region` column to the subtrees of `scopes` (nothing when `scopes`
+/// is empty). Region codes have fixed lengths, so a province's subtree is exactly the rows
+/// whose first two characters are its code.
+pub(crate) fn scope_filter<'a>(column: &str, scopes: &'a [RegionId]) -> Vec<SqlPiece<'a>> {
+    let mut out = vec![SqlPiece::Text(" AND (".into())];
+    if scopes.is_empty() {
+        out.push(SqlPiece::Text("1 = 0".into()));
+    }
+    for (i, scope) in scopes.iter().enumerate() {
+        if i > 0 {
+            out.push(SqlPiece::Text(" OR ".into()));
+        }
+        match scope.level() {
+            RegionLevel::Group => out.push(SqlPiece::Text("1 = 1".into())),
+            RegionLevel::Province => {
+                out.push(SqlPiece::Text(format!("substr({column}, 1, 2) = ")));
+                out.push(SqlPiece::Bind(scope.as_str()));
+            }
+            RegionLevel::City => {
+                out.push(SqlPiece::Text(format!("{column} = ")));
+                out.push(SqlPiece::Bind(scope.as_str()));
+            }
+        }
+    }
+    out.push(SqlPiece::Text(")".into()));
+    out
+}
+
+/// Appends [`scope_filter`] to a sqlx query.
 pub(crate) fn push_scope_filter<'a, DB: sqlx::Database>(
     qb: &mut sqlx::QueryBuilder<'a, DB>,
     column: &str,
@@ -307,29 +368,16 @@ pub(crate) fn push_scope_filter<'a, DB: sqlx::Database>(
 ) where
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    qb.push(" AND (");
-    if scopes.is_empty() {
-        qb.push("1 = 0");
-    }
-    for (i, scope) in scopes.iter().enumerate() {
-        if i > 0 {
-            qb.push(" OR ");
-        }
-        match scope.level() {
-            RegionLevel::Group => {
-                qb.push("1 = 1");
+    for piece in scope_filter(column, scopes) {
+        match piece {
+            SqlPiece::Text(t) => {
+                qb.push(t);
             }
-            RegionLevel::Province => {
-                qb.push(format!("substr({column}, 1, 2) = "));
-                qb.push_bind(scope.as_str());
-            }
-            RegionLevel::City => {
-                qb.push(format!("{column} = "));
-                qb.push_bind(scope.as_str());
+            SqlPiece::Bind(v) => {
+                qb.push_bind(v);
             }
         }
     }
-    qb.push(")");
 }
 
 /// Pool sizing and timeouts.

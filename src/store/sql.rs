@@ -3,9 +3,10 @@
 //! SQLite, timestamps RFC 3339 TEXT), so one macro body serves both concrete pools.
 
 /// Implements [`super::Store`] for a store type with `read` and `write` pools of one driver.
-/// Backend-specific trait items (`backend`, …) are passed in the braces.
+/// Backend-specific trait items (`backend`, the customer reads, …) are passed in the braces;
+/// the store type also provides `audit_page`, the page reader of verification.
 macro_rules! impl_store {
-    ($store:ty, $db:ty, fields_of_customer = $fields:literal, { $($extra:item)* }) => {
+    ($store:ty, $db:ty, { $($extra:item)* }) => {
         async fn insert_grant_in(
             tx: &mut sqlx::Transaction<'_, $db>,
             g: &$crate::store::GrantRecord,
@@ -27,59 +28,6 @@ macro_rules! impl_store {
             .execute(&mut **tx)
             .await?;
             Ok(())
-        }
-
-        /// Customers, one row each, with their sealed fields folded into one text column
-        /// (`field:hex,…`, by the backend's own aggregate): the driver copies every value of
-        /// every row, and a join repeating ten record columns on each field row made that
-        /// copying the largest cost of a read. One statement, so the record and its fields
-        /// come from one snapshot: a concurrent update can never pair a row of one version
-        /// with fields sealed for another.
-        const CUSTOMER_SELECT: &str = concat!(
-            "SELECT c.id, c.region, c.kind, c.vip_level, c.status, c.version, c.kek_version, c.wrapped_key, \
-             c.created_at, c.updated_at, ",
-            $fields,
-            " AS fields FROM customers c"
-        );
-        /// `CUSTOMER_SELECT` for one id (a literal of its own: consts cannot be concatenated).
-        const CUSTOMER_BY_ID: &str = concat!(
-            "SELECT c.id, c.region, c.kind, c.vip_level, c.status, c.version, c.kek_version, c.wrapped_key, \
-             c.created_at, c.updated_at, ",
-            $fields,
-            " AS fields FROM customers c WHERE c.id = $1"
-        );
-
-        /// The record of a row of `CUSTOMER_SELECT`.
-        fn record_from_row(
-            row: &<$db as sqlx::Database>::Row,
-        ) -> Result<$crate::store::CustomerRecord, $crate::store::StoreError> {
-            use sqlx::Row;
-            let kind: String = row.try_get("kind")?;
-            let status: String = row.try_get("status")?;
-            let fields: Option<String> = row.try_get("fields")?;
-            Ok($crate::store::CustomerRecord {
-                id: row.try_get("id")?,
-                region: row.try_get("region")?,
-                kind: $crate::store::parse_kind(&kind)?,
-                vip_level: row.try_get("vip_level")?,
-                status: $crate::store::parse_status(&status)?,
-                version: row.try_get("version")?,
-                wrapped_key: $crate::crypto::WrappedKey {
-                    kek_version: $crate::store::kek_version(row.try_get("kek_version")?)?,
-                    bytes: row.try_get("wrapped_key")?,
-                },
-                created_at: row.try_get("created_at")?,
-                updated_at: row.try_get("updated_at")?,
-                fields: $crate::store::parse_folded_fields(fields.as_deref().unwrap_or(""))?,
-                index: Vec::new(),
-            })
-        }
-
-        /// The records of rows of `CUSTOMER_SELECT`.
-        fn records_from_rows(
-            rows: &[<$db as sqlx::Database>::Row],
-        ) -> Result<Vec<$crate::store::CustomerRecord>, $crate::store::StoreError> {
-            rows.iter().map(record_from_row).collect()
         }
 
         async fn insert_index_in(
@@ -211,33 +159,6 @@ macro_rules! impl_store {
                 let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
                 sqlx::query("SELECT 1").execute(&mut *conn).await?;
                 Ok(())
-            }
-
-            async fn customer(&self, id: uuid::Uuid) -> Result<Option<$crate::store::CustomerRecord>, $crate::store::StoreError> {
-                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
-                let row = sqlx::query(CUSTOMER_BY_ID).bind(id).fetch_optional(&mut *conn).await?;
-                row.as_ref().map(record_from_row).transpose()
-            }
-
-            async fn customers_by_ids(
-                &self,
-                ids: &[uuid::Uuid],
-                scopes: &[$crate::domain::RegionId],
-            ) -> Result<Vec<$crate::store::CustomerRecord>, $crate::store::StoreError> {
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
-                let mut qb = sqlx::QueryBuilder::<$db>::new(format!("{CUSTOMER_SELECT} WHERE c.id IN ("));
-                let mut list = qb.separated(", ");
-                for id in ids {
-                    list.push_bind(*id);
-                }
-                qb.push(")");
-                $crate::store::push_scope_filter(&mut qb, "c.region", scopes);
-                qb.push(" ORDER BY c.id");
-                let rows = qb.build().fetch_all(&mut *conn).await?;
-                records_from_rows(&rows)
             }
 
             async fn search_customers(&self, q: &$crate::store::CustomerQuery) -> Result<Vec<uuid::Uuid>, $crate::store::StoreError> {
@@ -498,13 +419,8 @@ macro_rules! impl_store {
             }
 
             async fn audit_events_after(&self, after_seq: i64, limit: u32) -> Result<Vec<$crate::audit::StoredEvent>, $crate::store::StoreError> {
-                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
-                let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"))
-                    .bind(after_seq)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *conn)
-                    .await?;
-                rows.iter().map(|r| event_from_row(r, false)).collect()
+                // Backend-specific: SQLite reads pages without sqlx (see `sqlite.rs`).
+                self.audit_page(after_seq, limit).await
             }
 
             async fn query_audit(&self, q: &$crate::store::AuditQuery) -> Result<Vec<$crate::audit::StoredEvent>, $crate::store::StoreError> {
