@@ -29,6 +29,14 @@ impl PgStore {
         Ok(PgStore { read: pool.clone(), write: pool })
     }
 
+    /// Appends a batch of events in one transaction.
+    async fn append_batch(&self, events: &[crate::audit::AuditEvent]) -> Result<super::AuditHead, StoreError> {
+        let mut tx = self.write.begin().await.map_err(StoreError::Unavailable)?;
+        let head = append_events_in(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(head)
+    }
+
     /// A page of events for verification, in sequence order.
     async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<crate::audit::StoredEvent>, StoreError> {
         let mut conn = self.read.acquire().await.map_err(StoreError::Unavailable)?;

@@ -4,7 +4,8 @@
 
 /// Implements [`super::Store`] for a store type with `read` and `write` pools of one driver.
 /// Backend-specific trait items (`backend`, the customer reads, …) are passed in the braces;
-/// the store type also provides `audit_page`, the page reader of verification.
+/// the store type also provides `audit_page`, the page reader of verification, and
+/// `append_batch`, the audit writer's append.
 macro_rules! impl_store {
     ($store:ty, $db:ty, { $($extra:item)* }) => {
         async fn insert_grant_in(
@@ -369,10 +370,8 @@ macro_rules! impl_store {
             }
 
             async fn append_audit(&self, events: &[$crate::audit::AuditEvent]) -> Result<$crate::store::AuditHead, $crate::store::StoreError> {
-                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
-                let head = append_events_in(&mut tx, events).await?;
-                tx.commit().await?;
-                Ok(head)
+                // Backend-specific: SQLite appends without sqlx (see `sqlite.rs`).
+                self.append_batch(events).await
             }
 
             async fn audit_head(&self) -> Result<$crate::store::AuditHead, $crate::store::StoreError> {

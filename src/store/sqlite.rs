@@ -12,8 +12,12 @@
 //! rusqlite connections used on blocking threads, linked to the same SQLite library as sqlx.
 //! sqlx-sqlite runs each statement on its connection's own thread and hands every row over
 //! as owned values, which the caller then decodes again column by column; on the hot read
-//! path and in a scan of a million events that hand-over was most of the cost. Every write
-//! still goes through the one sqlx writer connection.
+//! path and in a scan of a million events that hand-over was most of the cost.
+//!
+//! The audit writer's batches are appended by [`DirectWriter`], a rusqlite connection of its
+//! own, while the append holds the one sqlx writer connection: no other write of this process
+//! can start meanwhile, so the two never wait on SQLite's lock for each other. Every other
+//! write goes through the sqlx writer.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -26,7 +30,7 @@ use sqlx::{ConnectOptions, Connection};
 use super::sql::impl_store;
 use uuid::Uuid;
 
-use super::{Backend, CustomerRecord, SealedField, SqlPiece, StoreError, StoreOptions};
+use super::{AuditHead, Backend, CustomerRecord, SealedField, SqlPiece, StoreError, StoreOptions};
 use crate::audit::{AuditEvent, Outcome, StoredEvent};
 use crate::domain::RegionId;
 
@@ -46,6 +50,7 @@ pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
     direct: Arc<DirectReaders>,
+    audit_writer: Arc<DirectWriter>,
     /// The checkpointer stops when this is dropped.
     _alive: Arc<()>,
 }
@@ -98,8 +103,9 @@ impl SqliteStore {
             .await?;
         let alive = Arc::new(());
         spawn_checkpointer(connect, Arc::downgrade(&alive));
-        let direct = Arc::new(DirectReaders { path, idle: Mutex::new(Vec::new()) });
-        Ok(SqliteStore { read, write, direct, _alive: alive })
+        let direct = Arc::new(DirectReaders { path: path.clone(), idle: Mutex::new(Vec::new()) });
+        let audit_writer = Arc::new(DirectWriter { path, conn: Mutex::new(None) });
+        Ok(SqliteStore { read, write, direct, audit_writer, _alive: alive })
     }
 
     /// Records by id (and, when given, within `scopes`), read on a blocking thread.
@@ -112,6 +118,21 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || direct.with(|c| customers(c, &ids, scopes.as_deref())))
             .await
             .map_err(|_| StoreError::Corrupt("customer reader stopped"))?
+    }
+
+    /// Appends a batch of events in one transaction of the direct writer, holding the sqlx
+    /// writer meanwhile (it is handed to the blocking task, so it stays held even if the
+    /// caller stops waiting).
+    async fn append_batch(&self, events: &[AuditEvent]) -> Result<AuditHead, StoreError> {
+        let turn = self.write.acquire().await.map_err(StoreError::Unavailable)?;
+        let (writer, events) = (self.audit_writer.clone(), events.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let appended = writer.append(&events);
+            drop(turn);
+            appended
+        })
+        .await
+        .map_err(|_| StoreError::Corrupt("audit append task stopped"))?
     }
 
     /// A page of events for verification, in sequence order, read on a blocking thread.
@@ -158,6 +179,92 @@ impl DirectReaders {
         }
         out
     }
+}
+
+/// The audit writer's own read-write connection, opened on first use and dropped after any
+/// failure (which also rolls back its open transaction).
+struct DirectWriter {
+    path: PathBuf,
+    conn: Mutex<Option<rusqlite::Connection>>,
+}
+
+impl DirectWriter {
+    /// Appends `events` in one `IMMEDIATE` transaction; call it on a blocking thread only.
+    fn append(&self, events: &[AuditEvent]) -> Result<AuditHead, StoreError> {
+        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = match slot.take() {
+            Some(c) => c,
+            None => {
+                use rusqlite::OpenFlags;
+                let c = rusqlite::Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(Duration::from_secs(10))?;
+                // The same durability and checkpoint backstop as the sqlx writer.
+                c.pragma_update(None, "synchronous", "FULL")?;
+                c.pragma_update(None, "foreign_keys", "ON")?;
+                c.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_BACKSTOP)?;
+                c
+            }
+        };
+        let mut conn = conn;
+        let appended = append_events(&mut conn, events);
+        if appended.is_ok() {
+            *slot = Some(conn);
+        }
+        appended
+    }
+}
+
+/// The direct twin of `append_events_in` (`sql.rs`): the same chain, the same stored encoding
+/// (timestamps as sqlx writes them, UUIDs as 16-byte BLOBs), so either path's events verify
+/// and read back alike.
+fn append_events(c: &mut rusqlite::Connection, events: &[AuditEvent]) -> Result<AuditHead, StoreError> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let (mut seq, mut head): (i64, Vec<u8>) =
+        tx.query_row("SELECT seq, chain_hash FROM audit_head WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO audit_events (seq, time, request_id, principal, grant_id, action, customer_ids, fields, \
+             purpose, justification, query, outcome, status, client, user_agent, chain_hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        )?;
+        let mut link = tx.prepare_cached(
+            "INSERT INTO audit_event_customers (customer_id, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )?;
+        for e in events {
+            seq += 1;
+            let (ids, fields) = (e.customer_ids_text(), e.fields_text());
+            let hash = crate::audit::chain::next(&head, seq, e, &ids, &fields);
+            let time = e.time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+            insert.execute(rusqlite::params![
+                seq,
+                time,
+                e.request_id,
+                e.principal,
+                e.grant_id.as_ref().map(|g| g.as_bytes().as_slice()),
+                e.action,
+                ids,
+                fields,
+                e.purpose,
+                e.justification,
+                e.query,
+                e.outcome.as_str(),
+                i32::from(e.status),
+                e.client,
+                e.user_agent,
+                hash.as_slice(),
+            ])?;
+            for customer in &e.customer_ids {
+                link.execute((customer.as_bytes().as_slice(), seq))?;
+            }
+            head = hash.to_vec();
+        }
+    }
+    tx.execute("UPDATE audit_head SET seq = ?1, chain_hash = ?2 WHERE id = 1", (seq, head.as_slice()))?;
+    tx.commit()?;
+    Ok(AuditHead { seq, chain_hash: head })
 }
 
 /// A record's columns, then one field per row (`LEFT JOIN`: a record without fields still has
