@@ -8,11 +8,6 @@ use clap::{Parser, Subcommand};
 
 use custodia::config::{Config, LogFormat, TokenAlgorithm, EXAMPLE_TOKEN_KID};
 
-/// mimalloc instead of glibc's allocator: under load, glibc's malloc and free (with their
-/// arena locks) were about a quarter of the read path's instructions.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "custodia", version, about = "Customer data vault")]
 struct Cli {

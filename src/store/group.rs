@@ -28,11 +28,6 @@ const QUEUE: usize = 4096;
 
 type Ack = oneshot::Sender<Result<(), StoreError>>;
 
-/// Whether a failure can be down to one record of the batch (a violated constraint).
-fn is_constraint(e: &StoreError) -> bool {
-    matches!(e, StoreError::Database(sqlx::Error::Database(db)) if db.kind() != sqlx::error::ErrorKind::Other)
-}
-
 /// What a caller is told when the database (or the loop serving it) is unavailable.
 fn unavailable() -> StoreError {
     StoreError::Unavailable(sqlx::Error::PoolClosed)
@@ -90,7 +85,7 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(CustomerRecord, Audi
                     let _ = ack.send(Err(e));
                 }
             }
-            Err(e) if !is_constraint(&e) => {
+            Err(e) if !e.is_constraint() => {
                 tracing::warn!(error = %e, creates = acks.len(), "batch of creates failed; refused together");
                 for ack in acks.drain(..) {
                     let _ = ack.send(Err(unavailable()));

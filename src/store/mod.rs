@@ -55,6 +55,18 @@ impl From<sqlx::Error> for StoreError {
 }
 
 impl StoreError {
+    /// Whether a statement violated a constraint (so a failed batch can be down to one of its
+    /// records).
+    pub fn is_constraint(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => db.kind() != sqlx::error::ErrorKind::Other,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::ConstraintViolation
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the database could not be reached or used at all (as opposed to a statement
     /// failing): callers answer 503 and do not retry record by record.
     pub fn is_unavailable(&self) -> bool {

@@ -647,59 +647,6 @@ macro_rules! impl_store {
                 tx.commit().await?;
                 Ok(())
             }
-
-            async fn insert_customers(
-                &self,
-                records: &[$crate::store::CustomerRecord],
-                events: &[$crate::audit::AuditEvent],
-            ) -> Result<(), $crate::store::StoreError> {
-                use $crate::store::pow2_chunks;
-                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
-                for chunk in pow2_chunks(records, 256) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO customers (id, region, kind, vip_level, status, version, kek_version, wrapped_key, created_at, updated_at) ",
-                    );
-                    qb.push_values(chunk, |mut b, r| {
-                        b.push_bind(r.id)
-                            .push_bind(r.region.as_str())
-                            .push_bind(r.kind.as_str())
-                            .push_bind(r.vip_level)
-                            .push_bind(r.status.as_str())
-                            .push_bind(r.version)
-                            .push_bind(i64::from(r.wrapped_key.kek_version))
-                            .push_bind(r.wrapped_key.bytes.as_slice())
-                            .push_bind(r.created_at)
-                            .push_bind(r.updated_at);
-                    });
-                    qb.build().execute(&mut *tx).await?;
-                }
-                let fields: Vec<(uuid::Uuid, &$crate::store::SealedField)> =
-                    records.iter().flat_map(|r| r.fields.iter().map(move |f| (r.id, f))).collect();
-                for part in pow2_chunks(&fields, 1024) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO customer_fields (customer_id, field, sealed) ");
-                    qb.push_values(part, |mut b, (id, f)| {
-                        b.push_bind(*id).push_bind(f.name.as_str()).push_bind(f.sealed.as_slice());
-                    });
-                    qb.build().execute(&mut *tx).await?;
-                }
-                let mut index: Vec<(uuid::Uuid, &$crate::store::IndexEntry)> =
-                    records.iter().flat_map(|r| r.index.iter().map(move |e| (r.id, e))).collect();
-                // In key order: digests are random, and sorted inserts walk the index's pages
-                // once each instead of jumping across the whole tree for every entry.
-                index.sort_unstable_by(|a, b| (&a.1.field, &a.1.digest).cmp(&(&b.1.field, &b.1.digest)));
-                for part in pow2_chunks(&index, 1024) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO blind_index (field, digest, customer_id, key_version) ");
-                    qb.push_values(part, |mut b, (id, e)| {
-                        b.push_bind(e.field.as_str()).push_bind(e.digest.as_slice()).push_bind(*id).push_bind(e.key_version);
-                    });
-                    qb.build().execute(&mut *tx).await?;
-                }
-                if !events.is_empty() {
-                    append_events_in(&mut tx, events).await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
         }
     };
 }

@@ -14,10 +14,11 @@
 //! as owned values, which the caller then decodes again column by column; on the hot read
 //! path and in a scan of a million events that hand-over was most of the cost.
 //!
-//! The audit writer's batches are appended by [`DirectWriter`], a rusqlite connection of its
-//! own, while the append holds the one sqlx writer connection: no other write of this process
-//! can start meanwhile, so the two never wait on SQLite's lock for each other. Every other
-//! write goes through the sqlx writer.
+//! The two bulk writes — the audit writer's batches and the create queue's (and seeding's)
+//! batches of new records — go through [`DirectWriter`], a rusqlite connection of its own,
+//! while holding the one sqlx writer connection: no other write of this process can start
+//! meanwhile, so the two never wait on SQLite's lock for each other. Every other write goes
+//! through the sqlx writer.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -46,11 +47,15 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// opportunistically, so without this bound it would grow.
 const AUTOCHECKPOINT_BACKSTOP: &str = "4000";
 
+/// The writers' page cache, 16 MiB (SQLite's default is 2 MiB): inserts into the random-keyed
+/// blind index stay in memory longer. Readers keep the default.
+const WRITER_CACHE_SIZE: &str = "-16384";
+
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
     direct: Arc<DirectReaders>,
-    audit_writer: Arc<DirectWriter>,
+    direct_writer: Arc<DirectWriter>,
     /// The checkpointer stops when this is dropped.
     _alive: Arc<()>,
 }
@@ -88,9 +93,7 @@ impl SqliteStore {
             .test_before_acquire(false)
             .max_connections(1)
             .acquire_timeout(options.acquire_timeout)
-            // A 16 MiB page cache for the one writer (SQLite's default is 2 MiB): inserts into
-            // the random-keyed blind index stay in memory longer. Readers keep the default.
-            .connect_with(connect.clone().pragma("cache_size", "-16384"))
+            .connect_with(connect.clone().pragma("cache_size", WRITER_CACHE_SIZE))
             .await?;
         let migrated = MIGRATOR.run(&write).await;
         drop(lock);
@@ -104,8 +107,8 @@ impl SqliteStore {
         let alive = Arc::new(());
         spawn_checkpointer(connect, Arc::downgrade(&alive));
         let direct = Arc::new(DirectReaders { path: path.clone(), idle: Mutex::new(Vec::new()) });
-        let audit_writer = Arc::new(DirectWriter { path, conn: Mutex::new(None) });
-        Ok(SqliteStore { read, write, direct, audit_writer, _alive: alive })
+        let direct_writer = Arc::new(DirectWriter { path, conn: Mutex::new(None) });
+        Ok(SqliteStore { read, write, direct, direct_writer, _alive: alive })
     }
 
     /// Records by id (and, when given, within `scopes`), read on a blocking thread.
@@ -120,19 +123,28 @@ impl SqliteStore {
             .map_err(|_| StoreError::Corrupt("customer reader stopped"))?
     }
 
-    /// Appends a batch of events in one transaction of the direct writer, holding the sqlx
-    /// writer meanwhile (it is handed to the blocking task, so it stays held even if the
-    /// caller stops waiting).
-    async fn append_batch(&self, events: &[AuditEvent]) -> Result<AuditHead, StoreError> {
+    /// Runs `f` in one `IMMEDIATE` transaction of the direct writer on a blocking thread,
+    /// holding the sqlx writer meanwhile (it is handed to the blocking task, so it stays held
+    /// even if the caller stops waiting).
+    async fn direct_write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
         let turn = self.write.acquire().await.map_err(StoreError::Unavailable)?;
-        let (writer, events) = (self.audit_writer.clone(), events.to_vec());
+        let writer = self.direct_writer.clone();
         tokio::task::spawn_blocking(move || {
-            let appended = writer.append(&events);
+            let written = writer.transaction(f);
             drop(turn);
-            appended
+            written
         })
         .await
-        .map_err(|_| StoreError::Corrupt("audit append task stopped"))?
+        .map_err(|_| StoreError::Corrupt("direct write task stopped"))?
+    }
+
+    /// Appends a batch of events in one transaction.
+    async fn append_batch(&self, events: &[AuditEvent]) -> Result<AuditHead, StoreError> {
+        let events = events.to_vec();
+        self.direct_write(move |c| append_events(c, &events)).await
     }
 
     /// A page of events for verification, in sequence order, read on a blocking thread.
@@ -189,10 +201,11 @@ struct DirectWriter {
 }
 
 impl DirectWriter {
-    /// Appends `events` in one `IMMEDIATE` transaction; call it on a blocking thread only.
-    fn append(&self, events: &[AuditEvent]) -> Result<AuditHead, StoreError> {
+    /// Runs `f` in one `IMMEDIATE` transaction, committed if `f` succeeds; call it on a
+    /// blocking thread only.
+    fn transaction<R>(&self, f: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let conn = match slot.take() {
+        let mut conn = match slot.take() {
             Some(c) => c,
             None => {
                 use rusqlite::OpenFlags;
@@ -201,46 +214,49 @@ impl DirectWriter {
                     OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.busy_timeout(Duration::from_secs(10))?;
-                // The same durability and checkpoint backstop as the sqlx writer.
+                // The same durability, checkpoint backstop and page cache as the sqlx writer.
                 c.pragma_update(None, "synchronous", "FULL")?;
                 c.pragma_update(None, "foreign_keys", "ON")?;
                 c.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_BACKSTOP)?;
+                c.pragma_update(None, "cache_size", WRITER_CACHE_SIZE)?;
                 c
             }
         };
-        let mut conn = conn;
-        let appended = append_events(&mut conn, events);
-        if appended.is_ok() {
+        let written = (|| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        if written.is_ok() {
             *slot = Some(conn);
         }
-        appended
+        written
     }
 }
 
-/// The direct twin of `append_events_in` (`sql.rs`): the same chain, the same stored encoding
-/// (timestamps as sqlx writes them, UUIDs as 16-byte BLOBs), so either path's events verify
-/// and read back alike.
-fn append_events(c: &mut rusqlite::Connection, events: &[AuditEvent]) -> Result<AuditHead, StoreError> {
-    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+/// The direct twin of `append_events_in` (`sql.rs`), inside the caller's transaction: the same
+/// chain, the same stored encoding (timestamps as sqlx writes them, UUIDs as 16-byte BLOBs), so
+/// either path's events verify and read back alike.
+fn append_events(c: &rusqlite::Connection, events: &[AuditEvent]) -> Result<AuditHead, StoreError> {
     let (mut seq, mut head): (i64, Vec<u8>) =
-        tx.query_row("SELECT seq, chain_hash FROM audit_head WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        c.query_row("SELECT seq, chain_hash FROM audit_head WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
     {
-        let mut insert = tx.prepare_cached(
+        let mut insert = c.prepare_cached(
             "INSERT INTO audit_events (seq, time, request_id, principal, grant_id, action, customer_ids, fields, \
              purpose, justification, query, outcome, status, client, user_agent, chain_hash) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?;
-        let mut link = tx.prepare_cached(
+        let mut link = c.prepare_cached(
             "INSERT INTO audit_event_customers (customer_id, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         )?;
         for e in events {
             seq += 1;
             let (ids, fields) = (e.customer_ids_text(), e.fields_text());
             let hash = crate::audit::chain::next(&head, seq, e, &ids, &fields);
-            let time = e.time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
             insert.execute(rusqlite::params![
                 seq,
-                time,
+                time_text(&e.time),
                 e.request_id,
                 e.principal,
                 e.grant_id.as_ref().map(|g| g.as_bytes().as_slice()),
@@ -262,9 +278,63 @@ fn append_events(c: &mut rusqlite::Connection, events: &[AuditEvent]) -> Result<
             head = hash.to_vec();
         }
     }
-    tx.execute("UPDATE audit_head SET seq = ?1, chain_hash = ?2 WHERE id = 1", (seq, head.as_slice()))?;
-    tx.commit()?;
+    c.execute("UPDATE audit_head SET seq = ?1, chain_hash = ?2 WHERE id = 1", (seq, head.as_slice()))?;
     Ok(AuditHead { seq, chain_hash: head })
+}
+
+/// The direct twin of the sqlx `insert_customers` (`sql.rs`): records, their sealed fields,
+/// their blind-index entries (in key order: digests are random, and sorted inserts walk the
+/// index's pages once each) and the events, inside the caller's transaction.
+fn insert_customers(
+    c: &rusqlite::Connection,
+    records: &[CustomerRecord],
+    events: &[AuditEvent],
+) -> Result<(), StoreError> {
+    {
+        let mut customer = c.prepare_cached(
+            "INSERT INTO customers (id, region, kind, vip_level, status, version, kek_version, wrapped_key, \
+             created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        let mut field =
+            c.prepare_cached("INSERT INTO customer_fields (customer_id, field, sealed) VALUES (?1, ?2, ?3)")?;
+        for r in records {
+            let id = r.id.as_bytes().as_slice();
+            customer.execute(rusqlite::params![
+                id,
+                r.region,
+                r.kind.as_str(),
+                r.vip_level,
+                r.status.as_str(),
+                r.version,
+                i64::from(r.wrapped_key.kek_version),
+                r.wrapped_key.bytes,
+                time_text(&r.created_at),
+                time_text(&r.updated_at),
+            ])?;
+            for f in &r.fields {
+                field.execute((id, f.name.as_str(), f.sealed.as_slice()))?;
+            }
+        }
+        let mut index: Vec<(&Uuid, &super::IndexEntry)> =
+            records.iter().flat_map(|r| r.index.iter().map(move |e| (&r.id, e))).collect();
+        index.sort_unstable_by(|a, b| (&a.1.field, &a.1.digest).cmp(&(&b.1.field, &b.1.digest)));
+        let mut entry = c.prepare_cached(
+            "INSERT INTO blind_index (field, digest, customer_id, key_version) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (id, e) in index {
+            entry.execute((e.field.as_str(), e.digest.as_slice(), id.as_bytes().as_slice(), e.key_version))?;
+        }
+    }
+    if !events.is_empty() {
+        append_events(c, events)?;
+    }
+    Ok(())
+}
+
+/// A timestamp as sqlx-sqlite stores one (RFC 3339, `+00:00`, as many fractional digits as
+/// needed), so text comparisons in SQL see one format whichever path wrote the row.
+fn time_text(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
 }
 
 /// A record's columns, then one field per row (`LEFT JOIN`: a record without fields still has
@@ -437,6 +507,11 @@ async fn lock_file(db_path: &std::path::Path) -> Result<std::fs::File, StoreErro
 impl_store!(SqliteStore, sqlx::Sqlite, {
     fn backend(&self) -> Backend {
         Backend::Sqlite
+    }
+
+    async fn insert_customers(&self, records: &[CustomerRecord], events: &[AuditEvent]) -> Result<(), StoreError> {
+        let (records, events) = (records.to_vec(), events.to_vec());
+        self.direct_write(move |c| insert_customers(c, &records, &events)).await
     }
 
     async fn customer(&self, id: Uuid) -> Result<Option<CustomerRecord>, StoreError> {
