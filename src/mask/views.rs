@@ -7,6 +7,7 @@
 //! can hold together (every pair of roles of one duty is checked). This module decides views;
 //! it never sees a value.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
@@ -186,9 +187,21 @@ impl ViewPolicy {
     }
 
     /// The views of a principal acting through `roles`: per field, the most revealing.
-    pub fn views_for<'a>(&self, roles: impl IntoIterator<Item = &'a str>) -> Views {
-        let mut out: BTreeMap<String, FieldView> = BTreeMap::new();
+    pub fn views_for<'a>(&self, roles: impl IntoIterator<Item = &'a str>) -> Cow<'_, Views> {
+        let mut distinct: Vec<&str> = Vec::with_capacity(2);
         for role in roles {
+            if self.roles.contains_key(role) && !distinct.contains(&role) {
+                distinct.push(role);
+            }
+        }
+        // One role (the usual case): its views as loaded, without building a map per request.
+        if let [role] = distinct.as_slice() {
+            if let Some(v) = self.roles.get(*role) {
+                return Cow::Borrowed(v);
+            }
+        }
+        let mut out: BTreeMap<String, FieldView> = BTreeMap::new();
+        for role in distinct {
             let Some(v) = self.roles.get(role) else { continue };
             for (field, fv) in &v.0 {
                 match out.get(field) {
@@ -199,7 +212,7 @@ impl ViewPolicy {
                 }
             }
         }
-        Views(out)
+        Cow::Owned(Views(out))
     }
 
     /// Whether a principal acting through `roles` may reveal `field`.

@@ -309,6 +309,7 @@ pub trait Store: Send + Sync + 'static {
     /// Clears an open alert; false when there was none with that id.
     async fn clear_alert(&self, id: Uuid, by: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<bool, StoreError>;
     async fn alerts(&self, limit: u32) -> Result<Vec<AlertRecord>, StoreError>;
+    async fn alert(&self, id: Uuid) -> Result<Option<AlertRecord>, StoreError>;
 
     /// Records with blind-index entries under a version older than `current`.
     async fn index_stale(&self, current: i32, limit: u32) -> Result<Vec<Uuid>, StoreError>;

@@ -508,6 +508,17 @@ macro_rules! impl_store {
                 .await?)
             }
 
+            async fn alert(&self, id: uuid::Uuid) -> Result<Option<$crate::store::AlertRecord>, $crate::store::StoreError> {
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                Ok(sqlx::query_as::<_, $crate::store::AlertRecord>(
+                    "SELECT id, principal, raised_at, distinct_customers, window_seconds, cleared_at, cleared_by \
+                     FROM audit_alerts WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?)
+            }
+
             async fn kek_usage(&self) -> Result<Vec<(u32, i64)>, $crate::store::StoreError> {
                 use sqlx::Row;
                 let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;

@@ -68,7 +68,7 @@ impl Vault {
     /// Clears an open alert, unblocking its principal.
     pub async fn clear_alert(&self, caller: &Caller, id: Uuid) -> Result<AlertRecord, VaultError> {
         self.authz.capability(&caller.principal, Action::AuditAlerts, None)?;
-        let alert = self.store.alerts(10_000).await?.into_iter().find(|a| a.id == id).ok_or(VaultError::NotFound)?;
+        let alert = self.store.alert(id).await?.ok_or(VaultError::NotFound)?;
         if !self.store.clear_alert(id, &caller.principal.sub, Utc::now(), &caller.audit.closed(200)).await? {
             return Err(VaultError::NotFound);
         }
@@ -77,8 +77,8 @@ impl Vault {
         if let Err(e) = self.authz.grants().reload().await {
             tracing::warn!(error = %e, "alert cleared; the poller will pick it up");
         }
-        let alerts = self.store.alerts(10_000).await?;
-        alerts.into_iter().find(|a| a.id == id).ok_or(VaultError::NotFound)
+        // Read back as stored (the database's own timestamp precision).
+        self.store.alert(id).await?.ok_or(VaultError::NotFound)
     }
 
     /// Raises a bulk-access alert for `principal` (its own audit event, in one transaction).
