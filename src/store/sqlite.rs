@@ -111,20 +111,18 @@ impl SqliteStore {
         Ok(SqliteStore { read, write, direct, direct_writer, _alive: alive })
     }
 
-    /// Records by id (and, when given, within `scopes`), read on a blocking thread.
+    /// Records by id (and, when given, within `scopes`), read off the async runtime.
     async fn direct_customers(
         &self,
         ids: Vec<Uuid>,
         scopes: Option<Vec<RegionId>>,
     ) -> Result<Vec<CustomerRecord>, StoreError> {
         let direct = self.direct.clone();
-        tokio::task::spawn_blocking(move || direct.with(|c| customers(c, &ids, scopes.as_deref())))
-            .await
-            .map_err(|_| StoreError::Corrupt("customer reader stopped"))?
+        off_runtime(move || direct.with(|c| customers(c, &ids, scopes.as_deref()))).await
     }
 
-    /// Runs `f` in one `IMMEDIATE` transaction of the direct writer on a blocking thread,
-    /// holding the sqlx writer meanwhile (it is handed to the blocking task, so it stays held
+    /// Runs `f` in one `IMMEDIATE` transaction of the direct writer off the async runtime,
+    /// holding the sqlx writer meanwhile (it is handed to the blocking work, so it stays held
     /// even if the caller stops waiting).
     async fn direct_write<R: Send + 'static>(
         &self,
@@ -132,13 +130,12 @@ impl SqliteStore {
     ) -> Result<R, StoreError> {
         let turn = self.write.acquire().await.map_err(StoreError::Unavailable)?;
         let writer = self.direct_writer.clone();
-        tokio::task::spawn_blocking(move || {
+        off_runtime(move || {
             let written = writer.transaction(f);
             drop(turn);
             written
         })
         .await
-        .map_err(|_| StoreError::Corrupt("direct write task stopped"))?
     }
 
     /// Appends a batch of events in one transaction.
@@ -147,13 +144,22 @@ impl SqliteStore {
         self.direct_write(move |c| append_events(c, &events)).await
     }
 
-    /// A page of events for verification, in sequence order, read on a blocking thread.
+    /// A page of events for verification, in sequence order, read off the async runtime.
     async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         let direct = self.direct.clone();
-        tokio::task::spawn_blocking(move || direct.with(|c| audit_page(c, after_seq, limit)))
-            .await
-            .map_err(|_| StoreError::Corrupt("audit page reader stopped"))?
+        off_runtime(move || direct.with(|c| audit_page(c, after_seq, limit))).await
     }
+}
+
+/// Runs blocking SQLite work: inline on a dedicated background thread (the audit writer, the
+/// queues: nothing else runs there), on the blocking pool from anywhere else.
+async fn off_runtime<R: Send + 'static>(
+    work: impl FnOnce() -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    if crate::background::on_dedicated_thread() {
+        return work();
+    }
+    tokio::task::spawn_blocking(work).await.map_err(|_| StoreError::Corrupt("SQLite task stopped"))?
 }
 
 /// Idle read-only rusqlite connections to the store's file, opened on demand.
