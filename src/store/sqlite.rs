@@ -106,7 +106,14 @@ impl SqliteStore {
             .await?;
         let alive = Arc::new(());
         spawn_checkpointer(connect, Arc::downgrade(&alive));
-        let direct = Arc::new(DirectReaders { path: path.clone(), idle: Mutex::new(Vec::new()) });
+        let readers = options.max_connections.clamp(1, 16) as usize;
+        let direct = Arc::new(DirectReaders {
+            path: path.clone(),
+            idle: Mutex::new(Vec::new()),
+            open: Arc::new(tokio::sync::Semaphore::new(readers)),
+            keep: readers,
+            wait: options.acquire_timeout,
+        });
         let direct_writer = Arc::new(DirectWriter { path, conn: Mutex::new(None) });
         Ok(SqliteStore { read, write, direct, direct_writer, _alive: alive })
     }
@@ -117,8 +124,13 @@ impl SqliteStore {
         ids: Vec<Uuid>,
         scopes: Option<Vec<RegionId>>,
     ) -> Result<Vec<CustomerRecord>, StoreError> {
-        let direct = self.direct.clone();
-        off_runtime(move || direct.with(|c| customers(c, &ids, scopes.as_deref()))).await
+        let (direct, turn) = (self.direct.clone(), self.direct.turn().await?);
+        off_runtime(move || {
+            let read = direct.with(|c| customers(c, &ids, scopes.as_deref()));
+            drop(turn);
+            read
+        })
+        .await
     }
 
     /// Runs `f` in one `IMMEDIATE` transaction of the direct writer off the async runtime,
@@ -146,8 +158,13 @@ impl SqliteStore {
 
     /// A page of events for verification, in sequence order, read off the async runtime.
     async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-        let direct = self.direct.clone();
-        off_runtime(move || direct.with(|c| audit_page(c, after_seq, limit))).await
+        let (direct, turn) = (self.direct.clone(), self.direct.turn().await?);
+        off_runtime(move || {
+            let page = direct.with(|c| audit_page(c, after_seq, limit));
+            drop(turn);
+            page
+        })
+        .await
     }
 }
 
@@ -162,17 +179,31 @@ async fn off_runtime<R: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(|_| StoreError::Corrupt("SQLite task stopped"))?
 }
 
-/// Idle read-only rusqlite connections to the store's file, opened on demand.
+/// Read-only rusqlite connections to the store's file, opened on demand: at most as many at
+/// once as the sqlx read pool may hold (each is three open files), all kept for reuse.
 struct DirectReaders {
     path: PathBuf,
     idle: Mutex<Vec<rusqlite::Connection>>,
+    /// One permit per connection that may be in use.
+    open: Arc<tokio::sync::Semaphore>,
+    keep: usize,
+    /// How long a read waits for a free connection (the pools' acquire timeout).
+    wait: Duration,
 }
 
-/// Idle direct connections kept for reuse.
-const DIRECT_IDLE: usize = 8;
-
 impl DirectReaders {
-    /// Runs `f` on an idle connection (or a new one); call it on a blocking thread only.
+    /// Waits for a connection to be free (the permit goes with the work that uses it); like
+    /// an exhausted pool, unavailable after the acquire timeout.
+    async fn turn(&self) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
+        match tokio::time::timeout(self.wait, self.open.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(StoreError::Unavailable(sqlx::Error::PoolClosed)),
+            Err(_) => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
+        }
+    }
+
+    /// Runs `f` on an idle connection (or a new one); call it holding a [`Self::turn`], off
+    /// the async runtime.
     fn with<R>(&self, f: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match idle {
@@ -191,7 +222,7 @@ impl DirectReaders {
         // A connection that failed is dropped rather than reused.
         if out.is_ok() {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < DIRECT_IDLE {
+            if idle.len() < self.keep {
                 idle.push(conn);
             }
         }
