@@ -9,7 +9,8 @@
 //! connections 10.6k -> 13.2k/s, p99 10.8 -> 8.9 ms).
 //!
 //! Customer reads and audit verification go through [`DirectReaders`] instead of sqlx:
-//! rusqlite connections used on blocking threads, linked to the same SQLite library as sqlx.
+//! rusqlite connections used off the async runtime (inline on the dedicated background threads,
+//! on the blocking pool elsewhere), linked to the same SQLite library as sqlx.
 //! sqlx-sqlite runs each statement on its connection's own thread and hands every row over
 //! as owned values, which the caller then decodes again column by column; on the hot read
 //! path and in a scan of a million events that hand-over was most of the cost.
