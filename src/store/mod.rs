@@ -34,7 +34,8 @@ pub enum StoreError {
     Database(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
-    /// An error of the direct SQLite path (long scans, see [`sqlite`]).
+    /// An error of the direct SQLite path (customer reads, bulk writes, verification pages;
+    /// see [`sqlite`]).
     #[error("database error: {0}")]
     Sqlite(#[source] rusqlite::Error),
     #[error("stored row is corrupt: {0}")]
@@ -309,6 +310,7 @@ pub trait Store: Send + Sync + 'static {
     /// Clears an open alert; false when there was none with that id.
     async fn clear_alert(&self, id: Uuid, by: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<bool, StoreError>;
     async fn alerts(&self, limit: u32) -> Result<Vec<AlertRecord>, StoreError>;
+    /// One alert by id.
     async fn alert(&self, id: Uuid) -> Result<Option<AlertRecord>, StoreError>;
 
     /// Records with blind-index entries under a version older than `current`.

@@ -231,16 +231,16 @@ impl DirectReaders {
     }
 }
 
-/// The audit writer's own read-write connection, opened on first use and dropped after any
-/// failure (which also rolls back its open transaction).
+/// The direct read-write connection of the bulk writes (audit batches, new records), opened
+/// on first use and dropped after any failure (which also rolls back its open transaction).
 struct DirectWriter {
     path: PathBuf,
     conn: Mutex<Option<rusqlite::Connection>>,
 }
 
 impl DirectWriter {
-    /// Runs `f` in one `IMMEDIATE` transaction, committed if `f` succeeds; call it on a
-    /// blocking thread only.
+    /// Runs `f` in one `IMMEDIATE` transaction, committed if `f` succeeds; call it holding the
+    /// sqlx writer, off the async runtime.
     fn transaction<R>(&self, f: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut conn = match slot.take() {

@@ -235,6 +235,14 @@ on_both! {
         assert_eq!(send(&h, batch("svc", json!({"ids": ["1 OR 1=1"]}))).await.0, 400);
         let (s, v, _) = send(&h, batch("ag", json!({"ids": [js]}))).await;
         assert_eq!((s, v["code"].as_str().unwrap()), (403, "forbidden"));
+        // A city-level grant sees its city only, not the rest of its province.
+        let sz = h.create(individual("3205")).await;
+        h.grant("svc-nj", "crm_service", "3201").await;
+        let (s, v, _) = send(&h, batch("svc-nj", json!({"ids": [js, sz, gd]}))).await;
+        assert_eq!(s, 200, "{v}");
+        let items: Vec<&str> = v["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+        assert_eq!(items, [js.to_string()]);
+        assert!(!v.to_string().contains("3205"), "nothing of the out-of-scope record leaks: {v}");
     }
 
     async fn no_unkeyed_hash_at_rest(h) {
