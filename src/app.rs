@@ -97,7 +97,11 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
     let views = ViewPolicy::builtin(&catalogue, &policy)?;
     let options = VaultOptions {
         retention: config.retention.parsed(),
-        reveals_per_hour: config.reveals_per_hour,
+        budgets: crate::vault::limits::BudgetPolicy {
+            reveals_per_hour: config.reveals_per_hour,
+            searches_per_hour: config.searches_per_hour,
+            search_miss_alarm: config.search_miss_alarm,
+        },
         guard: GuardPolicy {
             threshold: config.audit.bulk_threshold,
             window: Duration::from_secs(config.audit.bulk_window_seconds),
@@ -129,7 +133,13 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
         options,
     })
     .await?;
-    let state = AppState { vault: Arc::new(vault), authenticator: Arc::new(authenticator), audit };
+    let trusted_proxies = config.trusted_proxies.iter().filter_map(|c| c.parse().ok()).collect();
+    let state = AppState {
+        vault: Arc::new(vault),
+        authenticator: Arc::new(authenticator),
+        audit,
+        trusted_proxies: Arc::new(trusted_proxies),
+    };
     let limits = Limits {
         body_bytes: config.body_limit_bytes,
         request_timeout: Duration::from_millis(config.request_timeout_ms),

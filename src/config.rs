@@ -38,8 +38,15 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
-    /// Reveals allowed per principal per hour (per instance).
+    /// Reveals (and data-subject exports) allowed per principal per hour, across instances.
     pub reveals_per_hour: u32,
+    /// Exact-match searches allowed per principal per hour, across instances (hits and misses
+    /// alike); past it, 429 and a security alert.
+    pub searches_per_hour: u32,
+    /// Searches finding nothing, per principal per hour, that raise a security alert.
+    pub search_miss_alarm: u32,
+    /// Peers (CIDR blocks) whose `X-Forwarded-For` is believed: load balancers, proxies.
+    pub trusted_proxies: Vec<String>,
     pub auth: AuthConfig,
     pub audit: AuditConfig,
 }
@@ -108,6 +115,9 @@ impl Default for Config {
             request_timeout_ms: 10_000,
             body_limit_bytes: 64 * 1024,
             reveals_per_hour: 20,
+            searches_per_hour: 200,
+            search_miss_alarm: 50,
+            trusted_proxies: Vec::new(),
             auth: AuthConfig::default(),
             audit: AuditConfig::default(),
         }
@@ -220,6 +230,12 @@ impl Config {
                     "retention.periods keys are \"kind.status\" with a positive number of days",
                 ));
             }
+        }
+        if self.reveals_per_hour == 0 || self.searches_per_hour == 0 || self.search_miss_alarm == 0 {
+            return Err(ConfigError::Invalid("reveals_per_hour, searches_per_hour and search_miss_alarm must be positive"));
+        }
+        if self.trusted_proxies.iter().any(|c| c.parse::<crate::api::proxy::Cidr>().is_err()) {
+            return Err(ConfigError::Invalid("trusted_proxies: every entry must be an address or CIDR block"));
         }
         if self.body_limit_bytes < 1024 || self.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid("body_limit_bytes must be at least 1024 and request_timeout_ms positive"));

@@ -160,9 +160,13 @@ enum AdminCommand {
     Bootstrap {
         #[arg(long, env = "CUSTODIA_DATABASE_URL")]
         database_url: Option<String>,
-        /// The administrator's principal (JWT `sub`).
+        /// The principal (JWT `sub`).
         #[arg(long)]
         sub: String,
+        /// `admin` (the first administrator) or `security_officer` (the first auditor, who
+        /// appoints the other security officers: administrators cannot).
+        #[arg(long, default_value = "admin")]
+        role: String,
     },
 }
 
@@ -225,20 +229,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", custodia::auth::token::mint(&request, &pem)?);
             Ok(())
         }
-        Command::Admin { command: AdminCommand::Bootstrap { database_url, sub } } => {
+        Command::Admin { command: AdminCommand::Bootstrap { database_url, sub, role } } => {
             custodia::telemetry::init(config.log_format).map_err(anyhow::Error::msg)?;
             if let Some(url) = database_url {
                 config.database_url = url;
             }
             let (state, _) = custodia::app::build(&config).await?;
-            match state.vault.bootstrap_admin(&sub).await {
+            match state.vault.bootstrap(&sub, &role).await {
                 Ok(Some(grant)) => {
-                    println!("bootstrap grant {} created: {} is admin at CN (no expiry)", grant.id, grant.principal);
+                    println!(
+                        "bootstrap grant {} created: {} is {} at CN (no expiry)",
+                        grant.id, grant.principal, grant.role
+                    );
                     Ok(())
                 }
-                Ok(None) => anyhow::bail!("refused: this vault already has a live bootstrap administrator"),
+                Ok(None) => anyhow::bail!("refused: this vault already has a live bootstrap {role}"),
+                Err(custodia::vault::VaultError::Validation(v)) if v.0.iter().any(|e| e.field == "role") => {
+                    anyhow::bail!("--role must be admin or security_officer")
+                }
                 Err(custodia::vault::VaultError::Validation(_)) => {
                     anyhow::bail!("--sub must be 1-128 characters of A-Z a-z 0-9 . _ - @ : | +")
+                }
+                Err(custodia::vault::VaultError::Denied(custodia::authz::Denied::SeparationOfDuties)) => {
+                    anyhow::bail!("refused: {sub} holds grants of another duty (separation of duties)")
                 }
                 Err(e) => Err(e.into()),
             }

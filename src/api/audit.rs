@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -24,30 +24,15 @@ use crate::authz::Action;
 use crate::store::{AlertRecord, AuditQuery};
 use crate::vault::Caller;
 
-/// The action name of a route, as the audit records it.
-fn action_name(method: &Method, route: Option<&str>) -> &'static str {
-    let action = match (method.as_str(), route.unwrap_or("")) {
-        ("POST", "/v1/customers") => Action::CreateCustomer,
-        ("GET", "/v1/customers/{id}") => Action::ReadCustomer,
-        ("PATCH", "/v1/customers/{id}") => Action::UpdateCustomer,
-        ("POST", "/v1/customers/search") => Action::SearchCustomers,
-        ("POST", "/v1/customers/batch-get") => Action::BatchGetCustomers,
-        ("POST", "/v1/customers/{id}/reveal") => Action::RevealFields,
-        ("GET", "/v1/customers/{id}/access-log") => Action::AccessLog,
-        ("DELETE", "/v1/customers/{id}") => Action::EraseCustomer,
-        ("GET", "/v1/customers/{id}/export") => Action::ExportCustomer,
-        ("POST", "/v1/customers/{id}/restrict" | "/v1/customers/{id}/unrestrict") => Action::RestrictCustomer,
-        ("GET" | "POST", "/v1/admin/keys" | "/v1/admin/keys/rotate") => Action::ManageKeys,
-        ("POST", "/v1/grants") => Action::CreateGrant,
-        ("GET", "/v1/grants") => Action::GrantList,
-        ("DELETE", "/v1/grants/{id}") => Action::RevokeGrant,
-        ("POST", "/v1/principals/{sub}/revoke-tokens") => Action::RevokeTokens,
-        ("GET", "/v1/audit/events") => Action::ReadAudit,
-        ("GET", "/v1/audit/verify") => Action::VerifyAudit,
-        ("GET" | "POST", "/v1/audit/alerts" | "/v1/audit/alerts/{id}/clear") => Action::AuditAlerts,
-        _ => return "unknown",
-    };
-    action.as_str()
+/// Stamps the route's declared action on the request: on its audit event, and in the
+/// extensions where the `Caller` extractor takes it for the gate. Runs for `HEAD` too, so a
+/// `HEAD` of a `GET` route is decided and audited as that `GET`.
+pub async fn declare(State(action): State<Action>, mut req: Request, next: Next) -> Response {
+    if let Some(handle) = req.extensions().get::<AuditHandle>() {
+        handle.set_action(action.as_str());
+    }
+    req.extensions_mut().insert(super::DeclaredAction(action));
+    next.run(req).await
 }
 
 /// A user agent kept for the audit: printable ASCII, at most 256 characters.
@@ -60,9 +45,10 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
 /// response leaves. When the event cannot be committed the caller gets 503 and nothing else.
 pub async fn record(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-    let mut event = AuditEvent::now(request_id, action_name(req.method(), route.as_deref()));
-    event.client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+    // Until a route declares its action (unmatched paths and methods keep this one).
+    let mut event = AuditEvent::now(request_id, "unknown");
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    (event.client, event.proxy) = super::proxy::client_of(peer, req.headers(), &state.trusted_proxies);
     event.user_agent = user_agent(req.headers());
     let handle = AuditHandle::new(event);
     req.extensions_mut().insert(handle.clone());
@@ -196,6 +182,8 @@ pub async fn events(
         to: p.to,
         after_seq: cursor(p.cursor.as_deref())?,
         limit: p.page_size.unwrap_or(100),
+        // The vault narrows this to the officer's subtree.
+        scopes: None,
     };
     let ndjson =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/x-ndjson"));

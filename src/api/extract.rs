@@ -109,8 +109,16 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let audit =
             parts.extensions.get::<AuditHandle>().cloned().unwrap_or_else(|| AuditHandle::detached("unaudited"));
+        // The action its route declared: what the gate decides. A route without one is a
+        // programming error, refused rather than guessed.
+        let Some(super::DeclaredAction(action)) = parts.extensions.get::<super::DeclaredAction>().copied() else {
+            tracing::error!("request reached a use case without a declared action: refused");
+            return Err(ApiError::internal());
+        };
         let principal = Principal::from_request_parts(parts, state).await?;
         audit.set_principal(&principal.sub);
+        let home = state.vault.gate().home_region(&principal.sub);
+        audit.set_actor_region(home.as_ref().map(|r| r.as_str()));
         let purpose = parts.headers.get(PURPOSE).map(|v| {
             let s = v.to_str().unwrap_or("");
             let plain = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
@@ -123,7 +131,7 @@ impl FromRequestParts<AppState> for Caller {
                 String::new()
             }
         });
-        Ok(Caller { principal, purpose, audit })
+        Ok(Caller { principal, purpose, action, audit })
     }
 }
 

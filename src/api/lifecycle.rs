@@ -50,11 +50,17 @@ pub async fn erase(
 /// Export all of a customer's data in plaintext (data-subject request).
 #[utoipa::path(
     get, path = "/v1/customers/{id}/export", tag = "customers",
-    params(("id" = uuid::Uuid, Path, description = "Customer id"), ("X-Purpose" = String, Header, description = "data_subject_request")),
+    params(
+        ("id" = uuid::Uuid, Path, description = "Customer id"),
+        ("X-Purpose" = String, Header, description = "data_subject_request"),
+        ("X-Justification" = String, Header, description = "The data-subject request's ticket reference (3–64 characters of letters, digits, `-_.:/#`); recorded in the audit"),
+    ),
     responses(
         (status = 200, description = "The customer's data", body = CustomerExport),
-        (status = 403, description = "Not permitted for this purpose", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not permitted for this purpose, or the customer is restricted", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer in the caller's scope", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "X-Justification missing or malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Reveal budget spent (exports count as reveals)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -62,8 +68,11 @@ pub async fn export(
     State(state): State<AppState>,
     caller: Caller,
     CustomerId(id): CustomerId,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (summary, fields) = state.vault.export_customer(&caller, id).await?;
+    // Not echoed anywhere but the audit, which keeps only a well-formed ticket reference.
+    let justification = headers.get("x-justification").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (summary, fields) = state.vault.export_customer(&caller, id, justification).await?;
     let body = CustomerExport {
         meta: summary.into(),
         fields: fields.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())).collect(),

@@ -11,18 +11,20 @@ pub mod lifecycle;
 pub mod middleware;
 pub mod openapi;
 pub mod problem;
+pub mod proxy;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::http::{Method, StatusCode};
+use axum::routing::{get, on, MethodFilter, MethodRouter};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::audit::AuditLog;
 use crate::auth::Authenticator;
+use crate::authz::Action;
 use crate::vault::Vault;
 use problem::ApiError;
 
@@ -32,6 +34,8 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     pub authenticator: Arc<Authenticator>,
     pub audit: AuditLog,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers, reverse proxies).
+    pub trusted_proxies: Arc<Vec<proxy::Cidr>>,
 }
 
 /// HTTP limits.
@@ -41,27 +45,84 @@ pub struct Limits {
     pub request_timeout: Duration,
 }
 
+/// The action a route declares, in request extensions for the extractors and the gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeclaredAction(pub Action);
+
+/// One `/v1` route as declared: method, path (under `/v1`) and the action that the gate
+/// decides and the audit records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteDecl {
+    pub method: Method,
+    pub path: &'static str,
+    pub action: Action,
+}
+
+/// One route with its handler.
+struct Declared {
+    decl: RouteDecl,
+    handler: MethodRouter<AppState>,
+}
+
+fn declare<H, T>(method: Method, path: &'static str, action: Action, handler: H) -> Declared
+where
+    H: axum::handler::Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = match method.as_str() {
+        "GET" => MethodFilter::GET,
+        "POST" => MethodFilter::POST,
+        "PATCH" => MethodFilter::PATCH,
+        "DELETE" => MethodFilter::DELETE,
+        _ => MethodFilter::PUT,
+    };
+    let handler = on(filter, handler).layer(axum::middleware::from_fn_with_state(action, audit::declare));
+    Declared { decl: RouteDecl { method, path, action }, handler }
+}
+
+/// Every `/v1` route, each with its action declared once, here, beside it. The router is
+/// built from this table, and the router-generated matrix test walks it: a route added here
+/// without its row in the matrix fails the test suite. `GET` routes answer `HEAD` as the `GET`
+/// they are (same decision, same audited action, no body).
+fn v1_table() -> Vec<Declared> {
+    use Action as A;
+    vec![
+        declare(Method::POST, "/customers", A::CreateCustomer, customers::create),
+        declare(Method::POST, "/customers/search", A::SearchCustomers, customers::search),
+        declare(Method::POST, "/customers/batch-get", A::BatchGetCustomers, customers::batch_get),
+        declare(Method::GET, "/customers/{id}", A::ReadCustomer, customers::read),
+        declare(Method::PATCH, "/customers/{id}", A::UpdateCustomer, customers::update),
+        declare(Method::DELETE, "/customers/{id}", A::EraseCustomer, lifecycle::erase),
+        declare(Method::GET, "/customers/{id}/export", A::ExportCustomer, lifecycle::export),
+        declare(Method::POST, "/customers/{id}/restrict", A::RestrictCustomer, lifecycle::restrict),
+        declare(Method::POST, "/customers/{id}/unrestrict", A::RestrictCustomer, lifecycle::unrestrict),
+        declare(Method::POST, "/customers/{id}/reveal", A::RevealFields, customers::reveal),
+        declare(Method::GET, "/customers/{id}/access-log", A::AccessLog, audit::access_log),
+        declare(Method::GET, "/admin/keys", A::ManageKeys, lifecycle::key_status),
+        declare(Method::POST, "/admin/keys/rotate", A::ManageKeys, lifecycle::rotate_keys),
+        declare(Method::POST, "/grants", A::CreateGrant, grants::create),
+        declare(Method::GET, "/grants", A::GrantList, grants::list),
+        declare(Method::DELETE, "/grants/{id}", A::RevokeGrant, grants::revoke),
+        declare(Method::POST, "/principals/{sub}/revoke-tokens", A::RevokeTokens, grants::revoke_tokens),
+        declare(Method::GET, "/audit/events", A::ReadAudit, audit::events),
+        declare(Method::GET, "/audit/verify", A::VerifyAudit, audit::verify),
+        declare(Method::GET, "/audit/alerts", A::AuditAlerts, audit::alerts),
+        declare(Method::POST, "/audit/alerts/{id}/clear", A::AuditAlerts, audit::clear_alert),
+    ]
+}
+
+/// The declared `/v1` routes (paths under `/v1`), as the router serves them.
+pub fn routes() -> Vec<RouteDecl> {
+    v1_table().into_iter().map(|d| d.decl).collect()
+}
+
 /// The application's router with its middleware.
 pub fn router(state: AppState, limits: Limits) -> Router {
-    let v1 = Router::new()
-        .route("/customers", post(customers::create))
-        .route("/customers/search", post(customers::search))
-        .route("/customers/batch-get", post(customers::batch_get))
-        .route("/customers/{id}", get(customers::read).patch(customers::update).delete(lifecycle::erase))
-        .route("/customers/{id}/export", get(lifecycle::export))
-        .route("/customers/{id}/restrict", post(lifecycle::restrict))
-        .route("/customers/{id}/unrestrict", post(lifecycle::unrestrict))
-        .route("/admin/keys", get(lifecycle::key_status))
-        .route("/admin/keys/rotate", post(lifecycle::rotate_keys))
-        .route("/customers/{id}/reveal", post(customers::reveal))
-        .route("/grants", post(grants::create).get(grants::list))
-        .route("/grants/{id}", axum::routing::delete(grants::revoke))
-        .route("/principals/{sub}/revoke-tokens", post(grants::revoke_tokens))
-        .route("/customers/{id}/access-log", get(audit::access_log))
-        .route("/audit/events", get(audit::events))
-        .route("/audit/verify", get(audit::verify))
-        .route("/audit/alerts", get(audit::alerts))
-        .route("/audit/alerts/{id}/clear", post(audit::clear_alert))
+    let mut v1 = Router::new();
+    for d in v1_table() {
+        v1 = v1.route(d.decl.path, d.handler);
+    }
+    let v1 = v1
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the audit layer, so that timeouts and panics are audited too.

@@ -174,6 +174,8 @@ impl From<VaultError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "key_operation_refused", "Key operation refused")
                     .detail("the key source refused the operation; see the vault's log")
             }
+            VaultError::SearchBudget => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "search_budget_exceeded", "Blocked")
+                .detail("the search budget is spent: a security alert was raised and data requests are refused until a security officer clears it"),
             VaultError::RateLimited => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests")
                     .detail("the reveal limit for this principal is reached; try again later")
@@ -229,6 +231,9 @@ fn denied(d: Denied) -> ApiError {
         Denied::RevealNotAllowed => {
             forbidden("reveal_not_allowed", "the caller's roles may not reveal one of the requested fields")
         }
+        Denied::Restricted => ApiError::new(StatusCode::FORBIDDEN, "customer_restricted", "Restricted")
+            .detail("the customer's data is restricted (PIPL art. 47): readable only for legal_request"),
+        Denied::FieldHidden => forbidden("field_not_visible", "a field asked for is hidden from the caller's views"),
         Denied::SeparationOfDuties => {
             ApiError::new(StatusCode::CONFLICT, "separation_of_duties", "Separation of duties")
                 .detail("the principal holds live grants of a role with another duty")

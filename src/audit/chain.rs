@@ -19,37 +19,48 @@ pub const GENESIS: [u8; 32] = [0u8; 32];
 pub fn canonical(seq: i64, e: &AuditEvent, customer_ids_text: &str, fields_text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(384 + customer_ids_text.len() + fields_text.len());
     let grant = e.grant_id.map(|g| g.to_string());
-    // Keys in byte order up to `request_id`; `seq`, `status`, `time` and `user_agent` follow.
-    let strings: [(&str, Option<&str>); 11] = [
-        ("action", Some(&e.action)),
-        ("client", e.client.as_deref()),
-        ("customer_ids", Some(customer_ids_text)),
-        ("fields", Some(fields_text)),
-        ("grant_id", grant.as_deref()),
-        ("justification", e.justification.as_deref()),
-        ("outcome", Some(e.outcome.as_str())),
-        ("principal", e.principal.as_deref()),
-        ("purpose", e.purpose.as_deref()),
-        ("query", e.query.as_deref()),
-        ("request_id", Some(&e.request_id)),
+    // Keys in byte order. The members added with the disclosure gate (`actor_region`, `proxy`,
+    // `subject_region`, `undisclosed_ids`) are written only when present, so that events
+    // written before them hash as they always did.
+    let entries: [(&str, Option<&str>, bool); 19] = [
+        ("action", Some(&e.action), true),
+        ("actor_region", e.actor_region.as_deref(), false),
+        ("client", e.client.as_deref(), true),
+        ("customer_ids", Some(customer_ids_text), true),
+        ("fields", Some(fields_text), true),
+        ("grant_id", grant.as_deref(), true),
+        ("justification", e.justification.as_deref(), true),
+        ("outcome", Some(e.outcome.as_str()), true),
+        ("principal", e.principal.as_deref(), true),
+        ("proxy", e.proxy.as_deref(), false),
+        ("purpose", e.purpose.as_deref(), true),
+        ("query", e.query.as_deref(), true),
+        ("request_id", Some(&e.request_id), true),
+        ("seq", None, true),
+        ("status", None, true),
+        ("subject_region", e.subject_region.as_deref(), false),
+        ("time", None, true),
+        ("undisclosed_ids", e.undisclosed.as_deref(), false),
+        ("user_agent", e.user_agent.as_deref(), true),
     ];
     out.push(b'{');
-    for (key, value) in strings {
+    let mut first = true;
+    for (key, value, always) in entries {
+        if !always && value.is_none() {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
         put_key(&mut out, key);
-        put_value(&mut out, value);
-        out.push(b',');
+        match key {
+            "seq" => out.extend_from_slice(seq.to_string().as_bytes()),
+            "status" => out.extend_from_slice(e.status.to_string().as_bytes()),
+            "time" => put_value(&mut out, Some(&time_text(&e.time))),
+            _ => put_value(&mut out, value),
+        }
     }
-    put_key(&mut out, "seq");
-    out.extend_from_slice(seq.to_string().as_bytes());
-    out.push(b',');
-    put_key(&mut out, "status");
-    out.extend_from_slice(e.status.to_string().as_bytes());
-    out.push(b',');
-    put_key(&mut out, "time");
-    put_value(&mut out, Some(&time_text(&e.time)));
-    out.push(b',');
-    put_key(&mut out, "user_agent");
-    put_value(&mut out, e.user_agent.as_deref());
     out.push(b'}');
     out
 }
@@ -142,6 +153,16 @@ mod tests {
         m.insert("status".into(), e.status.into());
         m.insert("client".into(), opt(&e.client));
         m.insert("user_agent".into(), opt(&e.user_agent));
+        let expected = serde_json::to_vec(&serde_json::Value::Object(m.clone())).unwrap();
+        assert_eq!(String::from_utf8(canonical(-3, &e, &c, &f)).unwrap(), String::from_utf8(expected).unwrap());
+        // The gate's members, when present, take their sorted places.
+        e.actor_region = Some("32".into());
+        e.subject_region = Some("3201".into());
+        e.proxy = Some("10.0.0.1".into());
+        e.undisclosed = Some("[\"00000000-0000-0000-0000-000000000000\"]".into());
+        for (k, v) in [("actor_region", &e.actor_region), ("subject_region", &e.subject_region), ("proxy", &e.proxy), ("undisclosed_ids", &e.undisclosed)] {
+            m.insert(k.into(), opt(v));
+        }
         let expected = serde_json::to_vec(&serde_json::Value::Object(m)).unwrap();
         assert_eq!(String::from_utf8(canonical(-3, &e, &c, &f)).unwrap(), String::from_utf8(expected).unwrap());
     }

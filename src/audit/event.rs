@@ -67,8 +67,19 @@ pub struct AuditEvent {
     pub query: Option<String>,
     pub outcome: Outcome,
     pub status: u16,
+    /// The client's address: the peer, or the address a trusted proxy forwarded.
     pub client: Option<String>,
     pub user_agent: Option<String>,
+    /// The trusted proxy the request came through (the peer), when `client` was forwarded.
+    pub proxy: Option<String>,
+    /// The region of the acting principal: the smallest node containing its live grants.
+    pub actor_region: Option<String>,
+    /// The region of what the request concerned: the smallest node containing the customers
+    /// disclosed or changed, or the grant or alert acted on.
+    pub subject_region: Option<String>,
+    /// Ids asked for but not disclosed (missing, out of scope or restricted), as a canonical
+    /// JSON array; `None` when every id asked for was disclosed.
+    pub undisclosed: Option<String>,
 }
 
 impl AuditEvent {
@@ -89,6 +100,10 @@ impl AuditEvent {
             status: 200,
             client: None,
             user_agent: None,
+            proxy: None,
+            actor_region: None,
+            subject_region: None,
+            undisclosed: None,
         }
     }
 

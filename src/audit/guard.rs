@@ -1,6 +1,8 @@
 //! The bulk-access guard: counts the distinct customers whose data each principal was shown in
-//! a sliding window (per vault instance) and says when a disclosure would pass the threshold —
-//! the pattern of the big telecom leaks: one identity walking a whole province.
+//! a sliding window and says when a disclosure would pass the threshold — the pattern of the
+//! big telecom leaks: one identity walking a whole province. Each instance counts exactly what
+//! it served; the counts of the other instances sharing the database are added in, as last
+//! exchanged (every second, `vault::limits::share_guard_counts`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -20,6 +22,8 @@ pub struct GuardPolicy {
 pub struct BulkGuard {
     policy: GuardPolicy,
     seen: Mutex<HashMap<String, Window>>,
+    /// Distinct customers shown by the other instances, per principal.
+    remote: Mutex<HashMap<String, usize>>,
 }
 
 /// One principal's window: when each customer was last shown, and one queue entry per customer
@@ -53,7 +57,7 @@ impl Window {
 
 impl BulkGuard {
     pub fn new(policy: GuardPolicy) -> Self {
-        BulkGuard { policy, seen: Mutex::new(HashMap::new()) }
+        BulkGuard { policy, seen: Mutex::new(HashMap::new()), remote: Mutex::new(HashMap::new()) }
     }
 
     pub fn policy(&self) -> GuardPolicy {
@@ -63,6 +67,10 @@ impl BulkGuard {
     /// Records that `customers` are about to be disclosed to `principal`. Returns the distinct
     /// count when that would pass the threshold (and then records nothing).
     pub fn admit(&self, principal: &str, customers: &[Uuid]) -> Result<(), usize> {
+        let elsewhere = match self.remote.lock() {
+            Ok(r) => r.get(principal).copied().unwrap_or(0),
+            Err(poisoned) => poisoned.into_inner().get(principal).copied().unwrap_or(0),
+        };
         let now = Instant::now();
         let mut seen = match self.seen.lock() {
             Ok(g) => g,
@@ -74,7 +82,7 @@ impl BulkGuard {
         };
         mine.expire(now, self.policy.window);
         let new = customers.iter().filter(|c| !mine.last_seen.contains_key(c)).count();
-        let distinct = mine.last_seen.len() + new;
+        let distinct = mine.last_seen.len() + new + elsewhere;
         if distinct > self.policy.threshold {
             return Err(distinct);
         }
@@ -90,6 +98,35 @@ impl BulkGuard {
     pub fn reset(&self, principal: &str) {
         if let Ok(mut seen) = self.seen.lock() {
             seen.remove(principal);
+        }
+        if let Ok(mut remote) = self.remote.lock() {
+            remote.remove(principal);
+        }
+    }
+
+    /// This instance's distinct count per principal (windows expired first; principals whose
+    /// window emptied are reported once with 0 and then forgotten).
+    pub fn local_counts(&self) -> Vec<(String, i64)> {
+        let now = Instant::now();
+        let mut seen = match self.seen.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut out = Vec::with_capacity(seen.len());
+        seen.retain(|principal, w| {
+            w.expire(now, self.policy.window);
+            out.push((principal.clone(), i64::try_from(w.last_seen.len()).unwrap_or(i64::MAX)));
+            !w.last_seen.is_empty()
+        });
+        out
+    }
+
+    /// The other instances' counts, as last exchanged.
+    pub fn set_remote(&self, counts: Vec<(String, i64)>) {
+        let map = counts.into_iter().map(|(p, n)| (p, usize::try_from(n).unwrap_or(0))).collect();
+        match self.remote.lock() {
+            Ok(mut r) => *r = map,
+            Err(poisoned) => *poisoned.into_inner() = map,
         }
     }
 }

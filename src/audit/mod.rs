@@ -70,6 +70,46 @@ impl AuditHandle {
         self.with(|d| d.event.justification = Some(justification.to_owned()));
     }
 
+    /// The action the route declares (set by the router, before any handler runs).
+    pub fn set_action(&self, action: &str) {
+        self.with(|d| {
+            if d.event.action != action {
+                d.event.action = action.to_owned();
+            }
+        });
+    }
+
+    pub fn set_actor_region(&self, region: Option<&str>) {
+        self.with(|d| d.event.actor_region = region.map(str::to_owned));
+    }
+
+    /// Widens the event's subject region to contain `region` (the smallest common node).
+    pub fn add_subject_region(&self, region: &crate::domain::RegionId) {
+        self.with(|d| {
+            let merged = match d.event.subject_region.as_deref() {
+                None => region.as_str().to_owned(),
+                Some(cur) => crate::domain::region::common_ancestor(cur, region.as_str()).to_owned(),
+            };
+            d.event.subject_region = Some(merged);
+        });
+    }
+
+    /// Records the client address and, when it was forwarded by a trusted proxy, the proxy.
+    pub fn set_client(&self, client: Option<String>, proxy: Option<String>) {
+        self.with(|d| {
+            d.event.client = client;
+            d.event.proxy = proxy;
+        });
+    }
+
+    /// Records ids asked for that were not disclosed (they stay in `customer_ids` too).
+    pub fn set_undisclosed(&self, ids: &[Uuid]) {
+        self.with(|d| {
+            d.event.undisclosed =
+                if ids.is_empty() { None } else { Some(serde_json::to_string(ids).unwrap_or_else(|_| "[]".into())) };
+        });
+    }
+
     pub fn set_query(&self, query: String) {
         self.with(|d| d.event.query = Some(query));
     }

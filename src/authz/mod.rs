@@ -2,9 +2,11 @@
 //!
 //! A decision combines the role policy ([`policy`]: casbin, roles × actions × purposes) with
 //! the principal's live grants ([`grants`]: role at a region node, covering its subtree). A
-//! token alone gets nothing. This module decides; it never reads customer data and never
+//! token alone gets nothing. Every request that discloses or changes customer, audit or grant
+//! data is decided by the [`gate`]. This module decides; it never reads customer data and never
 //! writes anything.
 
+pub mod gate;
 pub mod grants;
 pub mod policy;
 
@@ -15,6 +17,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::domain::RegionId;
+pub use gate::{Budget, Gate, Permit, RecordAccess};
 pub use grants::{GrantCache, GrantStatus, Snapshot};
 pub use policy::{Duty, Policy, PolicyError};
 
@@ -128,34 +131,54 @@ pub enum Denied {
     /// None of the caller's roles at the record's scope may reveal a requested field.
     #[error("reveal not allowed")]
     RevealNotAllowed,
+    /// The record is restricted (PIPL art. 47): only legal requests may read it.
+    #[error("customer restricted")]
+    Restricted,
+    /// A field the caller's views hide was asked for by name.
+    #[error("field not visible")]
+    FieldHidden,
+}
+
+/// A live grant of the caller, as a capability holds it.
+#[derive(Clone, Debug)]
+pub struct Held {
+    pub id: Uuid,
+    pub role: String,
+    pub region: RegionId,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// The live grants of one principal that permit one action for one purpose.
 #[derive(Clone, Debug, Default)]
 pub struct Capability {
-    grants: Vec<(Uuid, String, RegionId, Option<DateTime<Utc>>)>,
+    grants: Vec<Held>,
 }
 
 impl Capability {
+    /// The grants, in grant order.
+    pub fn grants(&self) -> impl Iterator<Item = &Held> {
+        self.grants.iter()
+    }
+
     /// The grant that covers `region`, if any (the first, by grant order).
     pub fn grant_for(&self, region: &RegionId) -> Option<Uuid> {
-        self.grants.iter().find(|(_, _, r, _)| r.contains(region)).map(|(id, ..)| *id)
+        self.grants.iter().find(|g| g.region.contains(region)).map(|g| g.id)
     }
 
     /// The roles of the grants that cover `region`.
     pub fn roles_for<'a>(&'a self, region: &'a RegionId) -> impl Iterator<Item = &'a str> + 'a {
-        self.grants.iter().filter(move |(_, _, r, _)| r.contains(region)).map(|(_, role, _, _)| role.as_str())
+        self.grants.iter().filter(move |g| g.region.contains(region)).map(|g| g.role.as_str())
     }
 
     /// The region nodes covered, without nodes inside others.
     pub fn scopes(&self) -> Vec<RegionId> {
         let mut nodes: Vec<RegionId> = Vec::new();
-        for (_, _, region, _) in &self.grants {
-            if nodes.iter().any(|n| n.contains(region)) {
+        for g in &self.grants {
+            if nodes.iter().any(|n| n.contains(&g.region)) {
                 continue;
             }
-            nodes.retain(|n| !region.contains(n));
-            nodes.push(region.clone());
+            nodes.retain(|n| !g.region.contains(n));
+            nodes.push(g.region.clone());
         }
         nodes
     }
@@ -233,7 +256,12 @@ impl Authorizer {
                 }
             };
             if let (true, Some(region)) = (permitted, &g.region) {
-                cap.grants.push((g.record.id, g.record.role.clone(), region.clone(), g.record.expires_at));
+                cap.grants.push(Held {
+                    id: g.record.id,
+                    role: g.record.role.clone(),
+                    region: region.clone(),
+                    expires_at: g.record.expires_at,
+                });
             }
         }
         match (cap.grants.is_empty(), any_role) {
@@ -241,41 +269,5 @@ impl Authorizer {
             (true, true) if action.is_data() => Err(Denied::PurposeNotAllowed),
             _ => Err(Denied::Action),
         }
-    }
-
-    /// Checks that `principal` may grant `role` at `region` until `expires_at` to `grantee`,
-    /// returning the grant the delegation is made under (the one lasting longest).
-    pub fn delegation(
-        &self,
-        principal: &Principal,
-        grantee: &str,
-        role: &str,
-        region: &RegionId,
-        expires_at: DateTime<Utc>,
-    ) -> Result<Delegation, Denied> {
-        let cap = self.capability(principal, Action::CreateGrant, None)?;
-        if grantee == principal.sub {
-            return Err(Denied::SelfGrant);
-        }
-        let in_scope: Vec<_> = cap.grants.iter().filter(|(_, _, r, _)| r.contains(region)).collect();
-        if in_scope.is_empty() {
-            return Err(Denied::RegionOutOfScope);
-        }
-        let delegable: Vec<_> = in_scope.into_iter().filter(|(_, r, _, _)| self.policy.may_delegate(r, role)).collect();
-        if delegable.is_empty() {
-            return Err(Denied::DelegationRole);
-        }
-        let parent = delegable
-            .into_iter()
-            .filter(|(.., exp)| exp.is_none_or(|e| e >= expires_at))
-            .max_by_key(|(.., exp)| exp.map_or(i64::MAX, |e| e.timestamp_micros()))
-            .ok_or(Denied::DelegationExpiry)?;
-        // Separation of duties: the grantee may hold live grants of this role's duty only.
-        let duty = self.policy.duty(role);
-        let snapshot = self.grants.snapshot();
-        if snapshot.live_grants_of(grantee, Utc::now()).any(|g| self.policy.duty(&g.record.role) != duty) {
-            return Err(Denied::SeparationOfDuties);
-        }
-        Ok(Delegation { parent: parent.0 })
     }
 }

@@ -33,6 +33,17 @@ pub enum Duty {
     Audit,
 }
 
+impl Duty {
+    /// The name stored with each grant (the database enforces one duty per principal).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Duty::Data => "data",
+            Duty::Administration => "administration",
+            Duty::Audit => "audit",
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RoleFile {
@@ -133,14 +144,20 @@ impl Policy {
                 return Err(PolicyError::Invalid(format!("unknown purpose {purpose}")));
             }
             let line_duty = if let Some(target) = act.strip_prefix("delegate:") {
-                if !table.contains_key(target) {
-                    return Err(PolicyError::Invalid(format!("{role} delegates unknown role {target}")));
+                let target_duty = table
+                    .get(target)
+                    .and_then(|r| r.duty)
+                    .ok_or_else(|| PolicyError::Invalid(format!("{role} delegates unknown role {target}")))?;
+                // Audit roles are appointed along their own line, never by an administrator.
+                if target_duty == Duty::Audit {
+                    Duty::Audit
+                } else {
+                    Duty::Administration
                 }
-                Duty::Administration
             } else {
                 let action = Action::parse(act).ok_or_else(|| PolicyError::Invalid(format!("unknown action {act}")))?;
-                if action == Action::GrantList && duty == Duty::Audit {
-                    Duty::Audit // security officers review grants
+                if matches!(action, Action::GrantList | Action::CreateGrant | Action::RevokeGrant) && duty == Duty::Audit {
+                    Duty::Audit // security officers review grants and appoint security officers
                 } else {
                     action_duty(action)
                 }
@@ -179,10 +196,13 @@ impl Policy {
             let mut delegates = HashSet::new();
             for target in &role_names {
                 let act = format!("delegate:{target}");
-                if enforcer
-                    .enforce((role.as_str(), act.as_str(), ADMINISTRATION))
-                    .map_err(|e| PolicyError::Casbin(e.to_string()))?
-                {
+                let mut delegable = false;
+                for purpose in [ADMINISTRATION, AUDIT] {
+                    delegable |= enforcer
+                        .enforce((role.as_str(), act.as_str(), purpose))
+                        .map_err(|e| PolicyError::Casbin(e.to_string()))?;
+                }
+                if delegable {
                     delegates.insert(target.clone());
                 }
             }

@@ -66,6 +66,25 @@ impl RegionId {
     }
 }
 
+impl RegionId {
+    /// The smallest node containing both (region ids of the tree: `CN`, `32`, `3201`).
+    pub fn common_ancestor(&self, other: &RegionId) -> RegionId {
+        RegionId(common_ancestor(&self.0, &other.0).to_owned())
+    }
+}
+
+/// The smallest node containing two region codes: the same code, their shared province, or
+/// the group root. Works on the code texts (fixed lengths per level).
+pub fn common_ancestor<'a>(a: &'a str, b: &'a str) -> &'a str {
+    if a == b {
+        a
+    } else if a != RegionId::GROUP && b != RegionId::GROUP && a.get(..2).is_some() && a.get(..2) == b.get(..2) {
+        a.get(..2).unwrap_or(RegionId::GROUP)
+    } else {
+        RegionId::GROUP
+    }
+}
+
 impl fmt::Display for RegionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

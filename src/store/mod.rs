@@ -40,6 +40,9 @@ pub enum StoreError {
     Sqlite(#[source] rusqlite::Error),
     #[error("stored row is corrupt: {0}")]
     Corrupt(&'static str),
+    /// The database refused a grant: the principal holds unrevoked grants of another duty.
+    #[error("separation of duties")]
+    SeparationOfDuties,
     #[error("unsupported database url: {0}")]
     Config(String),
 }
@@ -172,6 +175,9 @@ pub struct GrantRecord {
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_by: Option<String>,
+    /// The role's duty (`data`, `administration`, `audit`): the database lets a principal hold
+    /// unrevoked grants of one duty only.
+    pub duty: String,
 }
 
 /// Everything authorization decisions depend on, read at one epoch.
@@ -204,6 +210,8 @@ pub struct AuditQuery {
     /// Events with a greater sequence number.
     pub after_seq: i64,
     pub limit: u32,
+    /// Only events whose actor or subject region lies in one of these subtrees; `None`: all.
+    pub scopes: Option<Vec<RegionId>>,
 }
 
 /// What is left of an erased customer.
@@ -220,7 +228,11 @@ pub struct Tombstone {
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct AlertRecord {
     pub id: Uuid,
+    /// `bulk_access`, `search_budget` or `search_misses`.
+    pub kind: String,
     pub principal: String,
+    /// Where the principal acted from when the alert was raised (scopes officers' view).
+    pub region: Option<String>,
     pub raised_at: DateTime<Utc>,
     pub distinct_customers: i32,
     pub window_seconds: i32,
@@ -309,7 +321,8 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_alert(&self, alert: &AlertRecord, audit: &AuditEvent) -> Result<(), StoreError>;
     /// Clears an open alert; false when there was none with that id.
     async fn clear_alert(&self, id: Uuid, by: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<bool, StoreError>;
-    async fn alerts(&self, limit: u32) -> Result<Vec<AlertRecord>, StoreError>;
+    /// The newest alerts whose region lies in `scopes` (`None`: all).
+    async fn alerts(&self, scopes: Option<&[RegionId]>, limit: u32) -> Result<Vec<AlertRecord>, StoreError>;
     /// One alert by id.
     async fn alert(&self, id: Uuid) -> Result<Option<AlertRecord>, StoreError>;
 
@@ -317,8 +330,29 @@ pub trait Store: Send + Sync + 'static {
     async fn index_stale(&self, current: i32, limit: u32) -> Result<Vec<Uuid>, StoreError>;
     /// How many records still have entries under an older index version.
     async fn index_stale_count(&self, current: i32) -> Result<i64, StoreError>;
-    /// Replaces a record's blind-index entries.
-    async fn replace_index(&self, id: Uuid, entries: &[IndexEntry]) -> Result<(), StoreError>;
+    /// Replaces a record's blind-index entries if the record is still at `version` (false
+    /// otherwise: an update in between wrote entries of its own).
+    async fn replace_index(&self, id: Uuid, version: i64, entries: &[IndexEntry]) -> Result<bool, StoreError>;
+
+    /// The event-to-customer links of events `from_seq..=to_seq`, by sequence number.
+    async fn audit_links(&self, from_seq: i64, to_seq: i64) -> Result<Vec<(i64, Uuid)>, StoreError>;
+    /// Adds `amount` to a principal's budget counter for minute `bucket` and returns the
+    /// total of the buckets after `after_bucket`, this charge included.
+    async fn charge_budget(
+        &self,
+        principal: &str,
+        budget: &str,
+        bucket: i64,
+        after_bucket: i64,
+        amount: i64,
+    ) -> Result<i64, StoreError>;
+    /// Deletes budget counters of buckets before `before_bucket`.
+    async fn prune_budgets(&self, before_bucket: i64) -> Result<(), StoreError>;
+    /// Publishes this instance's bulk-guard counts (a count of 0 removes the row).
+    async fn publish_guard_counts(&self, instance: &str, counts: &[(String, i64)], now: i64)
+        -> Result<(), StoreError>;
+    /// The other instances' counts updated since `since`, summed per principal.
+    async fn guard_counts_elsewhere(&self, instance: &str, since: i64) -> Result<Vec<(String, i64)>, StoreError>;
 
     /// How many data keys each KEK version wraps.
     async fn kek_usage(&self) -> Result<Vec<(u32, i64)>, StoreError>;
@@ -348,10 +382,18 @@ pub(crate) enum SqlPiece<'a> {
 }
 
 /// `AND (…)` restricting a `region` column to the subtrees of `scopes` (nothing when `scopes`
-/// is empty). Region codes have fixed lengths, so a province's subtree is exactly the rows
-/// whose first two characters are its code.
+/// is empty).
 pub(crate) fn scope_filter<'a>(column: &str, scopes: &'a [RegionId]) -> Vec<SqlPiece<'a>> {
-    let mut out = vec![SqlPiece::Text(" AND (".into())];
+    let mut out = vec![SqlPiece::Text(" AND ".into())];
+    out.extend(scope_condition(column, scopes));
+    out
+}
+
+/// `(…)`: whether a `region` column lies in the subtrees of `scopes` (false when `scopes` is
+/// empty; a NULL region lies in no subtree but the group's). Region codes have fixed lengths,
+/// so a province's subtree is exactly the rows whose first two characters are its code.
+pub(crate) fn scope_condition<'a>(column: &str, scopes: &'a [RegionId]) -> Vec<SqlPiece<'a>> {
+    let mut out = vec![SqlPiece::Text("(".into())];
     if scopes.is_empty() {
         out.push(SqlPiece::Text("1 = 0".into()));
     }
@@ -383,7 +425,15 @@ pub(crate) fn push_scope_filter<'a, DB: sqlx::Database>(
 ) where
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    for piece in scope_filter(column, scopes) {
+    push_pieces(qb, scope_filter(column, scopes));
+}
+
+/// Appends pieces of SQL and bound values to a sqlx query.
+pub(crate) fn push_pieces<'a, DB: sqlx::Database>(qb: &mut sqlx::QueryBuilder<'a, DB>, pieces: Vec<SqlPiece<'a>>)
+where
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    for piece in pieces {
         match piece {
             SqlPiece::Text(t) => {
                 qb.push(t);

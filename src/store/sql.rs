@@ -14,7 +14,7 @@ macro_rules! impl_store {
         ) -> Result<(), sqlx::Error> {
             sqlx::query(
                 "INSERT INTO grants (id, principal, role, region, granted_by, parent_id, created_at, expires_at, \
-                 revoked_at, revoked_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 revoked_at, revoked_by, duty) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(g.id)
             .bind(&g.principal)
@@ -26,9 +26,15 @@ macro_rules! impl_store {
             .bind(g.expires_at)
             .bind(g.revoked_at)
             .bind(&g.revoked_by)
+            .bind(&g.duty)
             .execute(&mut **tx)
             .await?;
             Ok(())
+        }
+
+        /// The database's separation-of-duties trigger (migration 0006) refused the grant.
+        fn duty_conflict(e: &sqlx::Error) -> bool {
+            matches!(e, sqlx::Error::Database(db) if db.message().contains("separation_of_duties"))
         }
 
         async fn insert_index_in(
@@ -49,7 +55,8 @@ macro_rules! impl_store {
         }
 
         const EVENT_COLUMNS: &str = "seq, time, request_id, principal, grant_id, action, customer_ids, fields, purpose, \
-             justification, query, outcome, status, client, user_agent, chain_hash";
+             justification, query, outcome, status, client, user_agent, chain_hash, actor_region, subject_region, proxy, \
+             undisclosed_ids";
 
         /// Appends events to the chain inside `tx`. The no-op UPDATE takes the head's write lock
         /// before the head is read, so appenders on every instance (and process) queue here and
@@ -92,7 +99,11 @@ macro_rules! impl_store {
                         .push_bind(i32::from(e.status))
                         .push_bind(e.client.as_deref())
                         .push_bind(e.user_agent.as_deref())
-                        .push_bind(hash.as_slice());
+                        .push_bind(hash.as_slice())
+                        .push_bind(e.actor_region.as_deref())
+                        .push_bind(e.subject_region.as_deref())
+                        .push_bind(e.proxy.as_deref())
+                        .push_bind(e.undisclosed.as_deref());
                 });
                 qb.build().execute(&mut **tx).await?;
             }
@@ -138,6 +149,10 @@ macro_rules! impl_store {
                 status: u16::try_from(status).unwrap_or(0),
                 client: row.try_get("client")?,
                 user_agent: row.try_get("user_agent")?,
+                proxy: row.try_get("proxy")?,
+                actor_region: row.try_get("actor_region")?,
+                subject_region: row.try_get("subject_region")?,
+                undisclosed: row.try_get("undisclosed_ids")?,
             };
             Ok($crate::audit::StoredEvent {
                 seq: row.try_get("seq")?,
@@ -149,7 +164,9 @@ macro_rules! impl_store {
         }
 
         const GRANT_COLUMNS: &str =
-            "id, principal, role, region, granted_by, parent_id, created_at, expires_at, revoked_at, revoked_by";
+            "id, principal, role, region, granted_by, parent_id, created_at, expires_at, revoked_at, revoked_by, duty";
+        const ALERT_COLUMNS: &str =
+            "id, kind, principal, region, raised_at, distinct_customers, window_seconds, cleared_at, cleared_by";
         const BUMP_EPOCH: &str = "UPDATE authz_epoch SET value = value + 1 WHERE id = 1";
 
         #[async_trait::async_trait]
@@ -286,7 +303,11 @@ macro_rules! impl_store {
 
             async fn insert_grant(&self, g: &$crate::store::GrantRecord, audit: &$crate::audit::AuditEvent) -> Result<(), $crate::store::StoreError> {
                 let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
-                insert_grant_in(&mut tx, g).await?;
+                match insert_grant_in(&mut tx, g).await {
+                    Ok(()) => {}
+                    Err(e) if duty_conflict(&e) => return Err($crate::store::StoreError::SeparationOfDuties),
+                    Err(e) => return Err(e.into()),
+                }
                 append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
                 sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
                 tx.commit().await?;
@@ -310,6 +331,7 @@ macro_rules! impl_store {
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                         return Ok($crate::store::BootstrapOutcome::AlreadyBootstrapped)
                     }
+                    Err(e) if duty_conflict(&e) => return Err($crate::store::StoreError::SeparationOfDuties),
                     Err(e) => return Err(e.into()),
                 }
                 append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
@@ -451,6 +473,13 @@ macro_rules! impl_store {
                     qb.push(" AND time < ");
                     qb.push_bind(to);
                 }
+                if let Some(scopes) = &q.scopes {
+                    qb.push(" AND (");
+                    $crate::store::push_pieces(&mut qb, $crate::store::scope_condition("actor_region", scopes));
+                    qb.push(" OR ");
+                    $crate::store::push_pieces(&mut qb, $crate::store::scope_condition("subject_region", scopes));
+                    qb.push(")");
+                }
                 qb.push(" ORDER BY seq LIMIT ");
                 qb.push_bind(i64::from(q.limit));
                 let rows = qb.build().fetch_all(&mut *conn).await?;
@@ -459,12 +488,11 @@ macro_rules! impl_store {
 
             async fn insert_alert(&self, a: &$crate::store::AlertRecord, audit: &$crate::audit::AuditEvent) -> Result<(), $crate::store::StoreError> {
                 let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
-                sqlx::query(
-                    "INSERT INTO audit_alerts (id, principal, raised_at, distinct_customers, window_seconds, cleared_at, cleared_by) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
+                sqlx::query(&format!("INSERT INTO audit_alerts ({ALERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
                 .bind(a.id)
+                .bind(&a.kind)
                 .bind(&a.principal)
+                .bind(&a.region)
                 .bind(a.raised_at)
                 .bind(a.distinct_customers)
                 .bind(a.window_seconds)
@@ -497,26 +525,108 @@ macro_rules! impl_store {
                 Ok(true)
             }
 
-            async fn alerts(&self, limit: u32) -> Result<Vec<$crate::store::AlertRecord>, $crate::store::StoreError> {
+            async fn alerts(&self, scopes: Option<&[$crate::domain::RegionId]>, limit: u32) -> Result<Vec<$crate::store::AlertRecord>, $crate::store::StoreError> {
                 let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
-                Ok(sqlx::query_as::<_, $crate::store::AlertRecord>(
-                    "SELECT id, principal, raised_at, distinct_customers, window_seconds, cleared_at, cleared_by \
-                     FROM audit_alerts ORDER BY raised_at DESC LIMIT $1",
-                )
-                .bind(i64::from(limit))
-                .fetch_all(&mut *conn)
-                .await?)
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!("SELECT {ALERT_COLUMNS} FROM audit_alerts WHERE 1 = 1"));
+                if let Some(scopes) = scopes {
+                    $crate::store::push_scope_filter(&mut qb, "region", scopes);
+                }
+                qb.push(" ORDER BY raised_at DESC LIMIT ");
+                qb.push_bind(i64::from(limit));
+                Ok(qb.build_query_as::<$crate::store::AlertRecord>().fetch_all(&mut *conn).await?)
             }
 
             async fn alert(&self, id: uuid::Uuid) -> Result<Option<$crate::store::AlertRecord>, $crate::store::StoreError> {
                 let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
-                Ok(sqlx::query_as::<_, $crate::store::AlertRecord>(
-                    "SELECT id, principal, raised_at, distinct_customers, window_seconds, cleared_at, cleared_by \
-                     FROM audit_alerts WHERE id = $1",
-                )
+                Ok(sqlx::query_as::<_, $crate::store::AlertRecord>(&format!("SELECT {ALERT_COLUMNS} FROM audit_alerts WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(&mut *conn)
                 .await?)
+            }
+
+            async fn audit_links(&self, from_seq: i64, to_seq: i64) -> Result<Vec<(i64, uuid::Uuid)>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let rows = sqlx::query("SELECT seq, customer_id FROM audit_event_customers WHERE seq >= $1 AND seq <= $2 ORDER BY seq, customer_id")
+                    .bind(from_seq)
+                    .bind(to_seq)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                Ok(rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<Vec<_>, sqlx::Error>>()?)
+            }
+
+            async fn charge_budget(&self, principal: &str, budget: &str, bucket: i64, after_bucket: i64, amount: i64) -> Result<i64, $crate::store::StoreError> {
+                use sqlx::Row;
+                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
+                sqlx::query(
+                    "INSERT INTO budget_usage (principal, budget, bucket, used) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (principal, budget, bucket) DO UPDATE SET used = budget_usage.used + excluded.used",
+                )
+                .bind(principal)
+                .bind(budget)
+                .bind(bucket)
+                .bind(amount)
+                .execute(&mut *tx)
+                .await?;
+                let total: i64 = sqlx::query(
+                    "SELECT CAST(COALESCE(SUM(used), 0) AS BIGINT) FROM budget_usage WHERE principal = $1 AND budget = $2 AND bucket > $3",
+                )
+                .bind(principal)
+                .bind(budget)
+                .bind(after_bucket)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+                tx.commit().await?;
+                Ok(total)
+            }
+
+            async fn prune_budgets(&self, before_bucket: i64) -> Result<(), $crate::store::StoreError> {
+                let mut conn = self.write.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                sqlx::query("DELETE FROM budget_usage WHERE bucket < $1").bind(before_bucket).execute(&mut *conn).await?;
+                Ok(())
+            }
+
+            async fn publish_guard_counts(&self, instance: &str, counts: &[(String, i64)], now: i64) -> Result<(), $crate::store::StoreError> {
+                if counts.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
+                for (principal, n) in counts {
+                    if *n == 0 {
+                        sqlx::query("DELETE FROM guard_counts WHERE instance = $1 AND principal = $2")
+                            .bind(instance)
+                            .bind(principal)
+                            .execute(&mut *tx)
+                            .await?;
+                        continue;
+                    }
+                    sqlx::query(
+                        "INSERT INTO guard_counts (instance, principal, customers, updated_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (instance, principal) DO UPDATE SET customers = excluded.customers, updated_at = excluded.updated_at",
+                    )
+                    .bind(instance)
+                    .bind(principal)
+                    .bind(*n)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn guard_counts_elsewhere(&self, instance: &str, since: i64) -> Result<Vec<(String, i64)>, $crate::store::StoreError> {
+                use sqlx::Row;
+                let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                let rows = sqlx::query(
+                    "SELECT principal, CAST(SUM(customers) AS BIGINT) FROM guard_counts WHERE instance <> $1 AND updated_at >= $2 GROUP BY principal",
+                )
+                .bind(instance)
+                .bind(since)
+                .fetch_all(&mut *conn)
+                .await?;
+                Ok(rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<Vec<_>, sqlx::Error>>()?)
             }
 
             async fn kek_usage(&self) -> Result<Vec<(u32, i64)>, $crate::store::StoreError> {
@@ -651,12 +761,24 @@ macro_rules! impl_store {
                     .try_get(0)?)
             }
 
-            async fn replace_index(&self, id: uuid::Uuid, entries: &[$crate::store::IndexEntry]) -> Result<(), $crate::store::StoreError> {
+            async fn replace_index(&self, id: uuid::Uuid, version: i64, entries: &[$crate::store::IndexEntry]) -> Result<bool, $crate::store::StoreError> {
                 let mut tx = self.write.begin().await.map_err($crate::store::StoreError::Unavailable)?;
+                // Takes the record's row lock (and SQLite's write lock) before deciding: an update
+                // committing in between leaves its own entries untouched.
+                let current = sqlx::query("UPDATE customers SET version = version WHERE id = $1 AND version = $2")
+                    .bind(id)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if current == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
                 sqlx::query("DELETE FROM blind_index WHERE customer_id = $1").bind(id).execute(&mut *tx).await?;
                 insert_index_in(&mut tx, id, entries).await?;
                 tx.commit().await?;
-                Ok(())
+                Ok(true)
             }
         }
     };

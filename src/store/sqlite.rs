@@ -282,8 +282,9 @@ fn append_events(c: &rusqlite::Connection, events: &[AuditEvent]) -> Result<Audi
     {
         let mut insert = c.prepare_cached(
             "INSERT INTO audit_events (seq, time, request_id, principal, grant_id, action, customer_ids, fields, \
-             purpose, justification, query, outcome, status, client, user_agent, chain_hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             purpose, justification, query, outcome, status, client, user_agent, chain_hash, actor_region, \
+             subject_region, proxy, undisclosed_ids) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         )?;
         let mut link = c.prepare_cached(
             "INSERT INTO audit_event_customers (customer_id, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
@@ -309,6 +310,10 @@ fn append_events(c: &rusqlite::Connection, events: &[AuditEvent]) -> Result<Audi
                 e.client,
                 e.user_agent,
                 hash.as_slice(),
+                e.actor_region,
+                e.subject_region,
+                e.proxy,
+                e.undisclosed,
             ])?;
             for customer in &e.customer_ids {
                 link.execute((customer.as_bytes().as_slice(), seq))?;
@@ -466,7 +471,8 @@ fn time_at(row: &rusqlite::Row<'_>, idx: usize) -> Result<chrono::DateTime<chron
 fn audit_page(c: &rusqlite::Connection, after_seq: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
     let mut stmt = c.prepare_cached(
         "SELECT seq, time, request_id, principal, grant_id, action, customer_ids, fields, purpose, \
-         justification, query, outcome, status, client, user_agent, chain_hash \
+         justification, query, outcome, status, client, user_agent, chain_hash, actor_region, subject_region, \
+         proxy, undisclosed_ids \
          FROM audit_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
     let mut rows = stmt.query((after_seq, i64::from(limit)))?;
@@ -494,6 +500,10 @@ fn audit_page(c: &rusqlite::Connection, after_seq: i64, limit: u32) -> Result<Ve
                 status: u16::try_from(status).unwrap_or(0),
                 client: row.get(13)?,
                 user_agent: row.get(14)?,
+                actor_region: row.get(16)?,
+                subject_region: row.get(17)?,
+                proxy: row.get(18)?,
+                undisclosed: row.get(19)?,
             },
             customer_ids_text: row.get(6)?,
             fields_text: row.get(7)?,

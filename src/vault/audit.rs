@@ -30,11 +30,35 @@ pub struct AccessLogEntry {
     pub outcome: String,
 }
 
+/// What raised a security alert. Every kind blocks the principal's data requests until a
+/// security officer clears it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertKind {
+    /// Too many distinct customers shown within the window.
+    BulkAccess,
+    /// The search budget is spent.
+    SearchBudget,
+    /// Too many searches found nothing (guessing masked values).
+    SearchMisses,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::BulkAccess => "bulk_access",
+            AlertKind::SearchBudget => "search_budget",
+            AlertKind::SearchMisses => "search_misses",
+        }
+    }
+}
+
 impl Vault {
-    /// Events matching `query`, for security officers.
+    /// Events matching `query`, for security officers: only events whose actor or subject lies
+    /// in the officer's subtree (all of them for an officer at `CN`).
     #[tracing::instrument(skip_all)]
     pub async fn audit_events(&self, caller: &Caller, mut query: AuditQuery) -> Result<AuditPage, VaultError> {
-        self.authz.capability(&caller.principal, Action::ReadAudit, None)?;
+        let permit = self.admit(caller, Action::ReadAudit)?;
+        query.scopes = Some(permit.scopes());
         let limit = query.limit.clamp(1, MAX_PAGE);
         query.limit = limit + 1;
         let mut items = self.store.query_audit(&query).await?;
@@ -50,7 +74,7 @@ impl Vault {
     /// Recomputes the chain and checks every checkpoint against the pinned key.
     #[tracing::instrument(skip_all)]
     pub async fn verify_audit(&self, caller: &Caller) -> Result<VerifyReport, VaultError> {
-        self.authz.capability(&caller.principal, Action::VerifyAudit, None)?;
+        self.admit(caller, Action::VerifyAudit)?;
         let verifier = self.verifier.as_ref().ok_or(VaultError::AuditUnavailable)?;
         let report = verify::verify(&self.store, verifier).await?;
         if !report.ok {
@@ -59,34 +83,45 @@ impl Vault {
         Ok(report)
     }
 
-    /// Recent bulk-access alerts.
+    /// Recent alerts about principals in the officer's subtree.
+    #[tracing::instrument(skip_all)]
     pub async fn alerts(&self, caller: &Caller) -> Result<Vec<AlertRecord>, VaultError> {
-        self.authz.capability(&caller.principal, Action::AuditAlerts, None)?;
-        Ok(self.store.alerts(200).await?)
+        let permit = self.admit(caller, Action::AuditAlerts)?;
+        Ok(self.store.alerts(Some(&permit.scopes()), 200).await?)
     }
 
-    /// Clears an open alert, unblocking its principal.
+    /// Clears an open alert about a principal in the officer's subtree, unblocking it.
+    #[tracing::instrument(skip_all)]
     pub async fn clear_alert(&self, caller: &Caller, id: Uuid) -> Result<AlertRecord, VaultError> {
-        self.authz.capability(&caller.principal, Action::AuditAlerts, None)?;
+        let permit = self.admit(caller, Action::AuditAlerts)?;
         let alert = self.store.alert(id).await?.ok_or(VaultError::NotFound)?;
+        let grant = self.gate.audit_subject(&permit, alert.region.as_deref())?;
+        caller.audit.set_grant(grant);
+        if let Some(region) = alert.region.as_deref().and_then(|r| self.regions.parse(r)) {
+            caller.audit.add_subject_region(&region);
+        }
         if !self.store.clear_alert(id, &caller.principal.sub, Utc::now(), &caller.audit.closed(200)).await? {
             return Err(VaultError::NotFound);
         }
         caller.audit.mark_recorded();
         self.guard.reset(&alert.principal);
-        if let Err(e) = self.authz.grants().reload().await {
+        if let Err(e) = self.authorizer().grants().reload().await {
             tracing::warn!(error = %e, "alert cleared; the poller will pick it up");
         }
         // Read back as stored (the database's own timestamp precision).
         self.store.alert(id).await?.ok_or(VaultError::NotFound)
     }
 
-    /// Raises a bulk-access alert for `principal` (its own audit event, in one transaction).
-    pub(super) async fn raise_bulk_alert(&self, principal: &str, distinct: usize) -> Result<(), VaultError> {
+    /// Raises a security alert for `principal` (its own audit event, in one transaction): the
+    /// principal's data requests are refused until a security officer clears it.
+    pub(super) async fn raise_alert(&self, principal: &str, kind: AlertKind, distinct: usize) -> Result<(), VaultError> {
         let policy = self.guard.policy();
+        let region = self.gate.home_region(principal);
         let alert = AlertRecord {
             id: Uuid::now_v7(),
+            kind: kind.as_str().to_owned(),
             principal: principal.to_owned(),
+            region: region.as_ref().map(|r| r.as_str().to_owned()),
             raised_at: Utc::now(),
             distinct_customers: i32::try_from(distinct).unwrap_or(i32::MAX),
             window_seconds: i32::try_from(policy.window.as_secs()).unwrap_or(i32::MAX),
@@ -95,17 +130,20 @@ impl Vault {
         };
         let mut event = AuditEvent::now(format!("alert-{}", alert.id), "audit.alert_raised");
         event.principal = Some(principal.to_owned());
+        event.actor_region = alert.region.clone();
+        event.query = Some(serde_json::json!({ "alert": kind.as_str() }).to_string());
         event.status = 429;
         event.outcome = crate::audit::Outcome::Denied;
         self.store.insert_alert(&alert, &event).await?;
-        tracing::warn!(alert_id = %alert.id, distinct, "BULK ACCESS ALERT: principal blocked until a security officer clears it");
-        if let Err(e) = self.authz.grants().reload().await {
+        tracing::warn!(alert_id = %alert.id, kind = kind.as_str(), distinct, "SECURITY ALERT: principal blocked until a security officer clears it");
+        if let Err(e) = self.authorizer().grants().reload().await {
             tracing::warn!(error = %e, "alert raised; the poller will pick it up");
         }
         Ok(())
     }
 
-    /// Who accessed this customer's data and how (PIPL art. 44 right to know).
+    /// Who accessed this customer's data and how (PIPL art. 44 right to know). Ids that an
+    /// event asked for but did not disclose show as such (no fields, outcome `not_found`).
     #[tracing::instrument(skip_all)]
     pub async fn access_log(
         &self,
@@ -114,7 +152,8 @@ impl Vault {
         after: i64,
         limit: u32,
     ) -> Result<(Vec<AccessLogEntry>, Option<i64>), VaultError> {
-        let (_record, _) = self.load_for(caller, Action::AccessLog, id).await?;
+        let permit = self.admit(caller, Action::AccessLog)?;
+        self.load_for(caller, &permit, id).await?;
         let limit = limit.clamp(1, MAX_PAGE);
         let query = AuditQuery { customer: Some(id), after_seq: after, limit: limit + 1, ..AuditQuery::default() };
         let mut events = self.store.query_audit(&query).await?;
@@ -124,15 +163,19 @@ impl Vault {
         } else {
             None
         };
+        let id_text = id.to_string();
         let entries = events
             .into_iter()
-            .map(|e| AccessLogEntry {
-                time: e.event.time,
-                principal: e.event.principal,
-                action: e.event.action,
-                fields: e.event.fields,
-                purpose: e.event.purpose,
-                outcome: e.event.outcome.as_str().to_owned(),
+            .map(|e| {
+                let withheld = e.event.undisclosed.as_deref().is_some_and(|u| u.contains(&id_text));
+                AccessLogEntry {
+                    time: e.event.time,
+                    principal: e.event.principal,
+                    action: e.event.action,
+                    fields: if withheld { Vec::new() } else { e.event.fields },
+                    purpose: e.event.purpose,
+                    outcome: if withheld { "not_found".into() } else { e.event.outcome.as_str().to_owned() },
+                }
             })
             .collect();
         Ok((entries, next))

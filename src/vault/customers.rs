@@ -7,17 +7,16 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Caller, Vault, VaultError};
-use crate::authz::{Action, Capability, Denied};
+use crate::authz::{Action, Budget, Permit, RecordAccess};
 use crate::crypto::{CryptoError, DataKey, FieldContext};
 use crate::domain::identifiers::Rule;
 use crate::domain::{
     CustomerDraft, CustomerKind, CustomerPatch, CustomerStatus, FieldValue, RegionId, ValidationError, ValidationErrors,
 };
 use crate::mask::{self, View};
+use crate::vault::audit::AlertKind;
+use crate::vault::limits::Counter;
 use crate::store::{CustomerQuery, CustomerRecord, CustomerUpdate, IndexEntry, SealedField, StoreError, UpdateOutcome};
-
-/// The only purpose under which restricted records are readable.
-pub const LEGAL_REQUEST: &str = "legal_request";
 
 /// Largest page of search results and largest batch.
 pub const MAX_PAGE: u32 = 100;
@@ -121,33 +120,59 @@ fn invalid(field: &str, rule: Rule) -> VaultError {
 }
 
 impl Vault {
-    fn record_region(&self, r: &CustomerRecord) -> Result<RegionId, VaultError> {
-        self.regions.parse_city(&r.region).ok_or(VaultError::Store(StoreError::Corrupt("unknown region code")))
-    }
-
-    /// Loads a record the caller may act on, with the capability that allows it, or `NotFound`.
-    pub(super) async fn load_for(
-        &self,
-        caller: &Caller,
-        action: Action,
-        id: Uuid,
-    ) -> Result<(CustomerRecord, Capability), VaultError> {
-        // Capability first: a caller who may not do this at all learns nothing about the id.
-        let capability = self.authz.capability(&caller.principal, action, caller.purpose())?;
+    /// Loads the record `id` for the caller (the id is recorded in the audit first).
+    pub(super) async fn load(&self, caller: &Caller, id: Uuid) -> Result<CustomerRecord, VaultError> {
         caller.audit.add_customer(id);
-        let record = self.reads.customer(id).await?.ok_or(VaultError::NotFound)?;
-        let grant = capability.grant_for(&self.record_region(&record)?).ok_or(VaultError::NotFound)?;
-        caller.audit.set_grant(grant);
-        let lifts_restriction = matches!(action, Action::RestrictCustomer | Action::EraseCustomer);
-        if !lifts_restriction && !Self::may_see_restricted(caller, &record) {
-            return Err(VaultError::Restricted);
-        }
-        Ok((record, capability))
+        self.reads.customer(id).await?.ok_or(VaultError::NotFound)
     }
 
-    /// A restricted record (PIPL art. 47) is readable by nobody except for a legal request.
-    pub(super) fn may_see_restricted(caller: &Caller, record: &CustomerRecord) -> bool {
-        record.status != CustomerStatus::Restricted || caller.purpose() == Some(LEGAL_REQUEST)
+    /// The gate's decision on one record, recorded in the audit when allowed: out of scope
+    /// answers as missing (404), a restricted record as restricted (403).
+    pub(super) fn access<'a>(
+        &'a self,
+        caller: &Caller,
+        permit: &'a Permit,
+        record: &CustomerRecord,
+    ) -> Result<RecordAccess<'a>, VaultError> {
+        let access = self.gate.record(permit, &record.region, record.status)?;
+        caller.audit.set_grant(access.grant);
+        caller.audit.add_subject_region(&access.region);
+        Ok(access)
+    }
+
+    /// Admits, loads and decides one record: the common start of every single-record use case.
+    pub(super) async fn load_for<'a>(
+        &'a self,
+        caller: &Caller,
+        permit: &'a Permit,
+        id: Uuid,
+    ) -> Result<(CustomerRecord, RecordAccess<'a>), VaultError> {
+        let record = self.load(caller, id).await?;
+        let access = self.access(caller, permit, &record)?;
+        Ok((record, access))
+    }
+
+    /// Charges the budgets the gate declared for the permit's action (searches excepted: they
+    /// are charged per lookup, before it runs) for disclosing `customers`.
+    pub(super) async fn charge(&self, caller: &Caller, permit: &Permit, customers: &[Uuid]) -> Result<(), VaultError> {
+        for budget in permit.budgets() {
+            match budget {
+                Budget::Searches => {}
+                Budget::Reveals => {
+                    let used = self.budgets.charge(&caller.principal.sub, Counter::Reveals).await?;
+                    if used > i64::from(self.budgets.policy.reveals_per_hour) {
+                        return Err(VaultError::RateLimited);
+                    }
+                }
+                Budget::Customers => {
+                    if let Err(count) = self.guard.admit(&caller.principal.sub, customers) {
+                        self.raise_alert(&caller.principal.sub, AlertKind::BulkAccess, count).await?;
+                        return Err(VaultError::BulkAccessBlocked);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn data_key(&self, record: &CustomerRecord) -> Result<DataKey, VaultError> {
@@ -234,30 +259,23 @@ impl Vault {
             .collect()
     }
 
-    /// The record as `capability` lets the caller see it: per field, the most revealing view
-    /// of the roles whose grants cover the record, limited to `only` when given.
+    /// The record as the gate's `access` lets the caller see it: the fields its views show,
+    /// limited to `only` when given, each plain or masked.
     fn disclose(
         &self,
         caller: &Caller,
         record: &CustomerRecord,
-        capability: &Capability,
+        access: &RecordAccess<'_>,
         only: Option<&[String]>,
     ) -> Result<CustomerView, VaultError> {
-        let region = self.record_region(record)?;
-        let views = self.views.views_for(capability.roles_for(&region));
-        // Decrypt only what some view shows.
-        let wanted: Vec<String> = record
-            .fields
-            .iter()
-            .map(|f| f.name.clone())
-            .filter(|n| views.get(n).view != View::Hidden && only.is_none_or(|o| o.contains(n)))
-            .collect();
+        let selected = access.select(record.fields.iter().map(|f| f.name.as_str()), only)?;
         let mut fields = BTreeMap::new();
-        if !wanted.is_empty() {
+        if !selected.is_empty() {
+            let wanted: Vec<String> = selected.iter().map(|(n, _)| (*n).to_owned()).collect();
             let key = self.data_key(record)?;
             for (name, value) in self.open_fields(record, &key, Some(&wanted))? {
                 let Some(spec) = self.catalogue.get(&name) else { continue };
-                let view = views.get(&name);
+                let Some(view) = selected.iter().find(|(n, _)| *n == name).map(|(_, v)| *v) else { continue };
                 if let Some(shown) = mask::apply(spec, value.expose(), view, self.regions) {
                     caller.audit.add_field(&name, view.view.as_str());
                     fields.insert(name, Shown { value: FieldValue::new(shown), view: view.view });
@@ -267,25 +285,33 @@ impl Vault {
         Ok(CustomerView { summary: summary(record), fields })
     }
 
-    /// Discloses records after the bulk-access guard admitted them (raising an alert, and
-    /// refusing, when they would take the caller past the threshold).
+    /// Discloses what the gate allows of `records` (the rest — out of scope, restricted — is
+    /// left out, as missing), after charging the permit's budgets for it. Ids in `asked` that
+    /// end up undisclosed are recorded as such in the audit.
     async fn disclose_all(
         &self,
         caller: &Caller,
+        permit: &Permit,
         records: &[CustomerRecord],
-        capability: &Capability,
+        asked: &[Uuid],
         only: Option<&[String]>,
     ) -> Result<Vec<CustomerView>, VaultError> {
-        let records: Vec<&CustomerRecord> = records.iter().filter(|r| Self::may_see_restricted(caller, r)).collect();
-        let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
-        for id in &ids {
+        let mut allowed = Vec::with_capacity(records.len());
+        for r in records {
+            match self.access(caller, permit, r) {
+                Ok(access) => allowed.push((r, access)),
+                Err(VaultError::NotFound | VaultError::Restricted) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let ids: Vec<Uuid> = allowed.iter().map(|(r, _)| r.id).collect();
+        for id in asked.iter().chain(&ids) {
             caller.audit.add_customer(*id);
         }
-        if let Err(count) = self.guard.admit(&caller.principal.sub, &ids) {
-            self.raise_bulk_alert(&caller.principal.sub, count).await?;
-            return Err(VaultError::BulkAccessBlocked);
-        }
-        records.iter().map(|r| self.disclose(caller, r, capability, only)).collect()
+        let undisclosed: Vec<Uuid> = asked.iter().filter(|id| !ids.contains(id)).copied().collect();
+        caller.audit.set_undisclosed(&undisclosed);
+        self.charge(caller, permit, &ids).await?;
+        allowed.iter().map(|(r, access)| self.disclose(caller, r, access, only)).collect()
     }
 
     /// Checks a `fields` selection against the catalogue.
@@ -301,13 +327,14 @@ impl Vault {
     /// Creates a customer record.
     #[tracing::instrument(skip_all)]
     pub async fn create_customer(&self, caller: &Caller, draft: CustomerDraft) -> Result<CustomerSummary, VaultError> {
-        let capability = self.authz.capability(&caller.principal, Action::CreateCustomer, caller.purpose())?;
+        let permit = self.admit(caller, Action::CreateCustomer)?;
         let valid = draft.validate(&self.catalogue, self.regions)?;
         // Creating outside one's scope reveals nothing (no record exists yet): a plain refusal.
-        let grant = capability.grant_for(&valid.region).ok_or(Denied::RegionOutOfScope)?;
+        let grant = self.gate.region(&permit, &valid.region)?;
         let id = Uuid::now_v7();
         caller.audit.add_customer(id);
         caller.audit.set_grant(grant);
+        caller.audit.add_subject_region(&valid.region);
         let (key, wrapped_key) = self.keyring().generate_data_key(id).map_err(crypto_error)?;
         let now = Utc::now();
         let record = CustomerRecord {
@@ -339,10 +366,11 @@ impl Vault {
         id: Uuid,
         only: Option<&[String]>,
     ) -> Result<CustomerView, VaultError> {
+        let permit = self.admit(caller, Action::ReadCustomer)?;
         self.check_selection(only)?;
-        let (record, capability) = self.load_for(caller, Action::ReadCustomer, id).await?;
-        let mut views = self.disclose_all(caller, std::slice::from_ref(&record), &capability, only).await?;
-        views.pop().ok_or(VaultError::NotFound)
+        let (record, access) = self.load_for(caller, &permit, id).await?;
+        self.charge(caller, &permit, &[id]).await?;
+        self.disclose(caller, &record, &access, only)
     }
 
     /// Applies a change if the record is still at `expected_version`.
@@ -354,9 +382,14 @@ impl Vault {
         expected_version: i64,
         patch: CustomerPatch,
     ) -> Result<CustomerSummary, VaultError> {
-        let (record, _) = self.load_for(caller, Action::UpdateCustomer, id).await?;
+        let permit = self.admit(caller, Action::UpdateCustomer)?;
+        let (record, _) = self.load_for(caller, &permit, id).await?;
         let present: Vec<String> = record.fields.iter().map(|f| f.name.clone()).collect();
         let patch = patch.validate(record.kind, &present, &self.catalogue, self.regions)?;
+        // The event names the fields changed (names only, never values).
+        for name in patch.set.keys().chain(patch.remove.iter()) {
+            caller.audit.add_field(name, "changed");
+        }
         if record.version != expected_version {
             return Err(VaultError::VersionConflict);
         }
@@ -393,7 +426,7 @@ impl Vault {
     /// masked per view, one cursor page at a time.
     #[tracing::instrument(skip_all)]
     pub async fn search_customers(&self, caller: &Caller, req: SearchRequest) -> Result<SearchPage, VaultError> {
-        let capability = self.authz.capability(&caller.principal, Action::SearchCustomers, caller.purpose())?;
+        let permit = self.admit(caller, Action::SearchCustomers)?;
         if req.matches.is_empty() {
             return Err(VaultError::UnsupportedQuery("name at least one searchable field in match"));
         }
@@ -456,7 +489,9 @@ impl Vault {
             }
         }
         caller.audit.set_query(serde_json::Value::Object(query).to_string());
-        let scopes = capability.scopes();
+        // Every exact-match lookup is an oracle: each is charged, hit or miss, before it runs.
+        self.charge_search(caller).await?;
+        let scopes = permit.scopes();
         let query =
             CustomerQuery { matches, scopes: scopes.clone(), region, kind, status, after: req.after, limit: limit + 1 };
         let mut ids = self.store.search_customers(&query).await?;
@@ -467,8 +502,35 @@ impl Vault {
             None
         };
         let records = self.store.customers_by_ids(&ids, &scopes).await?;
-        let items = self.disclose_all(caller, &records, &capability, None).await?;
+        let items = self.disclose_all(caller, &permit, &records, &[], None).await?;
+        if items.is_empty() && req.after.is_none() {
+            self.charge_search_miss(caller).await?;
+        }
         Ok(SearchPage { items, next_cursor })
+    }
+
+    /// Charges one search to the caller's budget; past it, 429 and a security alert that
+    /// blocks the principal until an officer clears it.
+    async fn charge_search(&self, caller: &Caller) -> Result<(), VaultError> {
+        let used = self.budgets.charge(&caller.principal.sub, Counter::Searches).await?;
+        let limit = i64::from(self.budgets.policy.searches_per_hour);
+        if used > limit {
+            if used == limit + 1 {
+                self.raise_alert(&caller.principal.sub, AlertKind::SearchBudget, 0).await?;
+            }
+            return Err(VaultError::SearchBudget);
+        }
+        Ok(())
+    }
+
+    /// Counts a search that found nothing; at the alarm threshold, a security alert (the
+    /// signature of guessing masked values).
+    async fn charge_search_miss(&self, caller: &Caller) -> Result<(), VaultError> {
+        let misses = self.budgets.charge(&caller.principal.sub, Counter::SearchMisses).await?;
+        if misses == i64::from(self.budgets.policy.search_miss_alarm) {
+            self.raise_alert(&caller.principal.sub, AlertKind::SearchMisses, 0).await?;
+        }
+        Ok(())
     }
 
     /// Fetches up to 100 customers by id, inside the caller's scope (in SQL), masked per view.
@@ -480,7 +542,7 @@ impl Vault {
         ids: Vec<Uuid>,
         only: Option<&[String]>,
     ) -> Result<Batch, VaultError> {
-        let capability = self.authz.capability(&caller.principal, Action::BatchGetCustomers, caller.purpose())?;
+        let permit = self.admit(caller, Action::BatchGetCustomers)?;
         self.check_selection(only)?;
         let mut unique: Vec<Uuid> = Vec::with_capacity(ids.len());
         for id in ids {
@@ -491,8 +553,9 @@ impl Vault {
         if unique.is_empty() || unique.len() > MAX_PAGE as usize {
             return Err(invalid("ids", Rule::OutOfRange));
         }
-        let records = self.store.customers_by_ids(&unique, &capability.scopes()).await?;
-        let items = self.disclose_all(caller, &records, &capability, only).await?;
+        let records = self.store.customers_by_ids(&unique, &permit.scopes()).await?;
+        // Every id asked for is recorded, and which were not disclosed: probing leaves a trace.
+        let items = self.disclose_all(caller, &permit, &records, &unique, only).await?;
         let not_found = unique.into_iter().filter(|id| !items.iter().any(|v| v.summary.id == *id)).collect();
         Ok(Batch { items, not_found })
     }
@@ -507,7 +570,7 @@ impl Vault {
         fields: &[String],
         justification: &str,
     ) -> Result<BTreeMap<String, FieldValue>, VaultError> {
-        let capability = self.authz.capability(&caller.principal, Action::RevealFields, caller.purpose())?;
+        let permit = self.admit(caller, Action::RevealFields)?;
         if !valid_justification(justification) {
             return Err(invalid("justification", Rule::Format));
         }
@@ -516,21 +579,10 @@ impl Vault {
         }
         self.check_selection(Some(fields))?;
         caller.audit.set_justification(justification);
-        caller.audit.add_customer(id);
-        let record = self.store.customer(id).await?.ok_or(VaultError::NotFound)?;
-        let region = self.record_region(&record)?;
-        let grant = capability.grant_for(&region).ok_or(VaultError::NotFound)?;
-        caller.audit.set_grant(grant);
-        if fields.iter().any(|f| !self.views.may_reveal(capability.roles_for(&region), f)) {
-            return Err(Denied::RevealNotAllowed.into());
-        }
-        if !self.reveals.allow(&caller.principal.sub) {
-            return Err(VaultError::RateLimited);
-        }
-        if let Err(count) = self.guard.admit(&caller.principal.sub, &[id]) {
-            self.raise_bulk_alert(&caller.principal.sub, count).await?;
-            return Err(VaultError::BulkAccessBlocked);
-        }
+        // The same decision as a read: scope, restriction (PIPL art. 47) and state.
+        let (record, access) = self.load_for(caller, &permit, id).await?;
+        access.reveal(&self.gate, fields)?;
+        self.charge(caller, &permit, &[id]).await?;
         let key = self.data_key(&record)?;
         let out = self.open_fields(&record, &key, Some(fields))?;
         for f in out.keys() {

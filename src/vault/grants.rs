@@ -10,8 +10,11 @@ use crate::authz::{Action, Denied, GrantStatus};
 use crate::domain::GrantDraft;
 use crate::store::{BootstrapOutcome, GrantQuery, GrantRecord};
 
-/// The role the bootstrap grant carries.
+/// The role the bootstrap grant carries by default.
 pub const BOOTSTRAP_ROLE: &str = "admin";
+/// The roles `custodia admin bootstrap --role` may create: the roots of the administration and
+/// audit lines.
+pub const BOOTSTRAP_ROLES: [&str; 2] = ["admin", "security_officer"];
 /// `granted_by` of the bootstrap grant.
 pub const BOOTSTRAP_GRANTOR: &str = "custodia:bootstrap";
 /// Largest page of grants.
@@ -33,13 +36,13 @@ pub struct GrantPage {
 
 impl Vault {
     fn view(&self, record: GrantRecord) -> GrantView {
-        let status = self.authz.grants().snapshot().status(&record, Utc::now());
+        let status = self.authorizer().grants().snapshot().status(&record, Utc::now());
         GrantView { record, status }
     }
 
     /// Makes the local snapshot current after a change, so the caller's next request sees it.
     async fn refresh_grants(&self) {
-        if let Err(e) = self.authz.grants().reload().await {
+        if let Err(e) = self.authorizer().grants().reload().await {
             tracing::warn!(error = %e, "grant snapshot not refreshed; the poller will retry");
         }
     }
@@ -49,12 +52,20 @@ impl Vault {
     #[tracing::instrument(skip_all)]
     pub async fn create_grant(&self, caller: &Caller, draft: GrantDraft) -> Result<GrantView, VaultError> {
         // Only a grant manager learns anything, even about validation.
-        self.authz.capability(&caller.principal, Action::CreateGrant, None)?;
+        let permit = self.admit(caller, Action::CreateGrant)?;
         let now = Utc::now();
-        let policy = self.authz.policy();
+        let policy = self.authorizer().policy();
         let valid = draft.validate(self.regions, |r| policy.is_role(r), valid_subject, now)?;
-        let delegation =
-            self.authz.delegation(&caller.principal, &valid.principal, &valid.role, &valid.region, valid.expires_at)?;
+        caller.audit.add_subject_region(&valid.region);
+        let delegation = self.gate.delegation(
+            &permit,
+            &caller.principal,
+            &valid.principal,
+            &valid.role,
+            &valid.region,
+            valid.expires_at,
+        )?;
+        let duty = policy.duty(&valid.role).map(|d| d.as_str()).unwrap_or_default().to_owned();
         let record = GrantRecord {
             id: Uuid::now_v7(),
             principal: valid.principal,
@@ -66,9 +77,16 @@ impl Vault {
             expires_at: Some(valid.expires_at),
             revoked_at: None,
             revoked_by: None,
+            duty,
         };
         caller.audit.set_grant(delegation.parent);
-        self.store.insert_grant(&record, &caller.audit.closed(201)).await?;
+        match self.store.insert_grant(&record, &caller.audit.closed(201)).await {
+            Ok(()) => {}
+            // Another grant of another duty won a race past the snapshot check: the database
+            // refused this one.
+            Err(crate::store::StoreError::SeparationOfDuties) => return Err(Denied::SeparationOfDuties.into()),
+            Err(e) => return Err(e.into()),
+        }
         caller.audit.mark_recorded();
         self.refresh_grants().await;
         tracing::info!(grant_id = %record.id, role = %record.role, region = %record.region, "grant created");
@@ -84,9 +102,9 @@ impl Vault {
         after: Option<Uuid>,
         page_size: Option<u32>,
     ) -> Result<GrantPage, VaultError> {
-        let capability = self.authz.capability(&caller.principal, Action::GrantList, None)?;
+        let permit = self.admit(caller, Action::GrantList)?;
         let limit = page_size.unwrap_or(50).clamp(1, MAX_PAGE);
-        let query = GrantQuery { scopes: capability.scopes(), principal, after, limit: limit + 1 };
+        let query = GrantQuery { scopes: permit.scopes(), principal, after, limit: limit + 1 };
         let mut records = self.store.grants_page(&query).await?;
         let next_cursor = if records.len() > limit as usize {
             records.truncate(limit as usize);
@@ -100,11 +118,14 @@ impl Vault {
     /// Revokes a grant in the caller's scope; every grant delegated under it stops with it.
     #[tracing::instrument(skip_all)]
     pub async fn revoke_grant(&self, caller: &Caller, id: Uuid) -> Result<GrantView, VaultError> {
-        let capability = self.authz.capability(&caller.principal, Action::RevokeGrant, None)?;
+        let permit = self.admit(caller, Action::RevokeGrant)?;
         let record = self.store.grant(id).await?.ok_or(VaultError::NotFound)?;
-        let region = self.regions.parse(&record.region).ok_or(VaultError::NotFound)?;
-        let by = capability.grant_for(&region).ok_or(VaultError::NotFound)?;
+        // Bounded exactly like granting: scope (else hidden), delegable role, expiry.
+        let by = self.gate.revocation(&permit, &record)?;
         caller.audit.set_grant(by);
+        if let Some(region) = self.regions.parse(&record.region) {
+            caller.audit.add_subject_region(&region);
+        }
         self.store.revoke_grant(id, &caller.principal.sub, Utc::now(), &caller.audit.closed(200)).await?;
         caller.audit.mark_recorded();
         self.refresh_grants().await;
@@ -117,18 +138,12 @@ impl Vault {
     /// cover every live grant `sub` holds.
     #[tracing::instrument(skip_all)]
     pub async fn revoke_tokens(&self, caller: &Caller, sub: &str) -> Result<DateTime<Utc>, VaultError> {
-        let capability = self.authz.capability(&caller.principal, Action::RevokeTokens, None)?;
+        let permit = self.admit(caller, Action::RevokeTokens)?;
         if !valid_subject(sub) {
             return Err(VaultError::NotFound);
         }
-        let snapshot = self.authz.grants().snapshot();
+        self.gate.token_revocation(&permit, sub)?;
         let now = Utc::now();
-        let outside = snapshot
-            .live_grants_of(sub, now)
-            .any(|g| g.region.as_ref().is_none_or(|r| capability.grant_for(r).is_none()));
-        if outside {
-            return Err(Denied::RegionOutOfScope.into());
-        }
         self.store.revoke_tokens(sub, now, &caller.audit.closed(200)).await?;
         caller.audit.mark_recorded();
         self.refresh_grants().await;
@@ -136,18 +151,27 @@ impl Vault {
         Ok(now)
     }
 
-    /// Creates the first administrator: `admin` at `CN`, without expiry. Refused when a live
-    /// root grant exists.
-    pub async fn bootstrap_admin(&self, sub: &str) -> Result<Option<GrantRecord>, VaultError> {
+    /// Creates the first holder of `role` — `admin` (the first administrator) or
+    /// `security_officer` (the first auditor, who then appoints the others along the audit
+    /// line) — at `CN`, without expiry. Refused when a live root grant of that role exists.
+    pub async fn bootstrap(&self, sub: &str, role: &str) -> Result<Option<GrantRecord>, VaultError> {
+        let invalid = |field: &str| {
+            VaultError::Validation(crate::domain::ValidationErrors(vec![crate::domain::ValidationError {
+                field: field.into(),
+                rule: crate::domain::identifiers::Rule::Format,
+            }]))
+        };
         if !valid_subject(sub) {
-            return Err(VaultError::Validation(crate::domain::ValidationErrors(vec![
-                crate::domain::ValidationError { field: "sub".into(), rule: crate::domain::identifiers::Rule::Format },
-            ])));
+            return Err(invalid("sub"));
         }
+        if !BOOTSTRAP_ROLES.contains(&role) {
+            return Err(invalid("role"));
+        }
+        let duty = self.authorizer().policy().duty(role).map(|d| d.as_str()).unwrap_or_default().to_owned();
         let record = GrantRecord {
             id: Uuid::now_v7(),
             principal: sub.to_owned(),
-            role: BOOTSTRAP_ROLE.to_owned(),
+            role: role.to_owned(),
             region: crate::domain::RegionId::GROUP.to_owned(),
             granted_by: BOOTSTRAP_GRANTOR.to_owned(),
             parent_id: None,
@@ -155,15 +179,24 @@ impl Vault {
             expires_at: None,
             revoked_at: None,
             revoked_by: None,
+            duty,
         };
         let audit = crate::audit::AuditHandle::detached("grant.bootstrap");
         audit.set_principal(BOOTSTRAP_GRANTOR);
-        match self.store.insert_bootstrap_grant(&record, &audit.closed(201)).await? {
-            BootstrapOutcome::Created => {
+        audit.add_subject_region(&crate::domain::RegionId::group());
+        match self.store.insert_bootstrap_grant(&record, &audit.closed(201)).await {
+            Ok(BootstrapOutcome::Created) => {
                 self.refresh_grants().await;
                 Ok(Some(record))
             }
-            BootstrapOutcome::AlreadyBootstrapped => Ok(None),
+            Ok(BootstrapOutcome::AlreadyBootstrapped) => Ok(None),
+            Err(crate::store::StoreError::SeparationOfDuties) => Err(Denied::SeparationOfDuties.into()),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Creates the first administrator (`admin` at `CN`); see [`Vault::bootstrap`].
+    pub async fn bootstrap_admin(&self, sub: &str) -> Result<Option<GrantRecord>, VaultError> {
+        self.bootstrap(sub, BOOTSTRAP_ROLE).await
     }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{Caller, Vault, VaultError};
 use crate::audit::{AuditEvent, AuditHandle};
-use crate::authz::{Action, Denied};
+use crate::authz::Action;
 use crate::crypto::{BlindIndex, KeyFileError, KeySource, Keyring};
 use crate::domain::RegionId;
 
@@ -102,14 +102,11 @@ const REWRAP_BATCH: u32 = 500;
 impl Vault {
     /// Key management happens at the group level only.
     fn check_key_manager(&self, caller: &Caller) -> Result<(), VaultError> {
-        let cap = self.authz.capability(&caller.principal, Action::ManageKeys, None)?;
-        match cap.grant_for(&RegionId::group()) {
-            Some(g) => {
-                caller.audit.set_grant(g);
-                Ok(())
-            }
-            None => Err(Denied::RegionOutOfScope.into()),
-        }
+        let permit = self.admit(caller, Action::ManageKeys)?;
+        let grant = self.gate.region(&permit, &RegionId::group())?;
+        caller.audit.set_grant(grant);
+        caller.audit.add_subject_region(&RegionId::group());
+        Ok(())
     }
 
     /// The keyring now.
@@ -263,8 +260,11 @@ impl Vault {
                 }
             };
             let fields = self.open_fields_with(&record, &key)?;
-            self.store.replace_index(id, &self.index_entries(&fields)).await?;
-            done += 1;
+            // Only if the record is still at the version read: an update in between wrote the
+            // entries of its new values, and the old value's digest must not come back.
+            if self.store.replace_index(id, record.version, &self.index_entries(&fields)).await? {
+                done += 1;
+            }
         }
         Ok(done)
     }

@@ -24,7 +24,8 @@ impl Vault {
     /// retirement destroy.
     #[tracing::instrument(skip_all)]
     pub async fn erase_customer(&self, caller: &Caller, id: Uuid) -> Result<(), VaultError> {
-        let (record, _) = self.load_for(caller, Action::EraseCustomer, id).await?;
+        let permit = self.admit(caller, Action::EraseCustomer)?;
+        let (record, _) = self.load_for(caller, &permit, id).await?;
         let tombstone = Tombstone {
             id,
             region: record.region.clone(),
@@ -40,18 +41,28 @@ impl Vault {
         Ok(())
     }
 
-    /// Everything held about a customer, in plaintext, for the data subject.
+    /// Everything held about a customer, in plaintext, for the data subject: a role that
+    /// policy allows to export, a justification (the request's ticket), and a charge to the
+    /// reveal budget, as for any plaintext disclosure.
     #[tracing::instrument(skip_all)]
     pub async fn export_customer(
         &self,
         caller: &Caller,
         id: Uuid,
+        justification: &str,
     ) -> Result<(CustomerSummary, BTreeMap<String, FieldValue>), VaultError> {
-        let (record, _) = self.load_for(caller, Action::ExportCustomer, id).await?;
-        if let Err(count) = self.guard.admit(&caller.principal.sub, &[id]) {
-            self.raise_bulk_alert(&caller.principal.sub, count).await?;
-            return Err(VaultError::BulkAccessBlocked);
+        let permit = self.admit(caller, Action::ExportCustomer)?;
+        if !super::valid_justification(justification) {
+            return Err(VaultError::Validation(crate::domain::ValidationErrors(vec![
+                crate::domain::ValidationError {
+                    field: "X-Justification".into(),
+                    rule: crate::domain::identifiers::Rule::Format,
+                },
+            ])));
         }
+        caller.audit.set_justification(justification);
+        let (record, _) = self.load_for(caller, &permit, id).await?;
+        self.charge(caller, &permit, &[id]).await?;
         let key = self.keyring().unwrap_data_key(record.id, &record.wrapped_key).map_err(crypto_error)?;
         let fields = self.open_fields_with(&record, &key)?;
         for name in fields.keys() {
@@ -68,7 +79,8 @@ impl Vault {
         id: Uuid,
         restrict: bool,
     ) -> Result<CustomerSummary, VaultError> {
-        let (record, _) = self.load_for(caller, Action::RestrictCustomer, id).await?;
+        let permit = self.admit(caller, Action::RestrictCustomer)?;
+        let (record, _) = self.load_for(caller, &permit, id).await?;
         let status = if restrict { CustomerStatus::Restricted } else { CustomerStatus::Active };
         if !self.store.set_status(id, status, &caller.audit.closed(200)).await? {
             return Err(VaultError::NotFound);

@@ -1,53 +1,110 @@
-//! Per-principal rate limits (reveals). A sliding one-hour window kept in memory, per vault
-//! instance.
+//! Per-principal budgets, counted in the database so that they hold across every instance
+//! sharing it: reveals (plaintext disclosures, exports included), exact-match searches (each
+//! one an oracle that confirms or refutes a guess) and search misses (the signature of
+//! guessing). Counts are kept per minute and summed over the last hour.
+//!
+//! The bulk-access guard (distinct customers shown) stays in each instance's memory, where the
+//! read path can afford it; [`share_guard_counts`] publishes every instance's counts every
+//! second and adds up the others', so a principal spread over several instances is counted as
+//! one (within a second).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-/// Allows `limit` events per principal per `window`.
-#[derive(Debug)]
-pub struct RateLimiter {
-    limit: u32,
-    window: Duration,
-    events: Mutex<HashMap<String, VecDeque<Instant>>>,
+use chrono::Utc;
+
+use crate::audit::guard::BulkGuard;
+use crate::store::{Store, StoreError};
+
+/// Minutes summed for an hourly budget.
+const WINDOW_MINUTES: i64 = 60;
+/// How often the guard's counts are exchanged between instances.
+pub const GUARD_SYNC: Duration = Duration::from_secs(1);
+
+/// A budget's name in the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Reveals,
+    Searches,
+    SearchMisses,
 }
 
-impl RateLimiter {
-    pub fn new(limit: u32, window: Duration) -> Self {
-        RateLimiter { limit, window, events: Mutex::new(HashMap::new()) }
-    }
-
-    /// Records an event for `principal` if it is within the limit.
-    pub fn allow(&self, principal: &str) -> bool {
-        let now = Instant::now();
-        let mut events = match self.events.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let queue = events.entry(principal.to_owned()).or_default();
-        while queue.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
-            queue.pop_front();
+impl Counter {
+    fn as_str(self) -> &'static str {
+        match self {
+            Counter::Reveals => "reveals",
+            Counter::Searches => "searches",
+            Counter::SearchMisses => "search_misses",
         }
-        if queue.len() >= self.limit as usize {
-            return false;
-        }
-        queue.push_back(now);
-        true
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Limits per principal per hour.
+#[derive(Clone, Copy, Debug)]
+pub struct BudgetPolicy {
+    pub reveals_per_hour: u32,
+    pub searches_per_hour: u32,
+    /// Misses within the hour that raise a security alert.
+    pub search_miss_alarm: u32,
+}
 
-    #[test]
-    fn limits_per_principal_and_window() {
-        let l = RateLimiter::new(2, Duration::from_millis(50));
-        assert!(l.allow("a") && l.allow("a"));
-        assert!(!l.allow("a"));
-        assert!(l.allow("b"));
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(l.allow("a"));
+impl Default for BudgetPolicy {
+    fn default() -> Self {
+        BudgetPolicy { reveals_per_hour: 20, searches_per_hour: 200, search_miss_alarm: 50 }
     }
+}
+
+/// The database-backed counters.
+pub struct Budgets {
+    store: Arc<dyn Store>,
+    pub policy: BudgetPolicy,
+}
+
+impl std::fmt::Debug for Budgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budgets").field("policy", &self.policy).finish_non_exhaustive()
+    }
+}
+
+impl Budgets {
+    pub fn new(store: Arc<dyn Store>, policy: BudgetPolicy) -> Self {
+        Budgets { store, policy }
+    }
+
+    /// Charges one use of `counter` to `principal`; returns the uses within the hour,
+    /// this one included. Every instance sharing the database sees the same count.
+    pub async fn charge(&self, principal: &str, counter: Counter) -> Result<i64, StoreError> {
+        let minute = Utc::now().timestamp().div_euclid(60);
+        self.store.charge_budget(principal, counter.as_str(), minute, minute - WINDOW_MINUTES, 1).await
+    }
+
+    /// Forgets counts older than the window (maintenance).
+    pub async fn prune(&self) -> Result<(), StoreError> {
+        let minute = Utc::now().timestamp().div_euclid(60);
+        self.store.prune_budgets(minute - WINDOW_MINUTES).await
+    }
+}
+
+/// Exchanges the bulk guard's counts with the other instances every [`GUARD_SYNC`] until the
+/// guard is dropped.
+pub fn share_guard_counts(store: Arc<dyn Store>, guard: Weak<BulkGuard>, instance: String) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(GUARD_SYNC);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(guard) = guard.upgrade() else { return };
+            let now = Utc::now().timestamp();
+            let window = i64::try_from(guard.policy().window.as_secs()).unwrap_or(i64::MAX);
+            let counts = guard.local_counts();
+            let exchanged = async {
+                store.publish_guard_counts(&instance, &counts, now).await?;
+                store.guard_counts_elsewhere(&instance, now.saturating_sub(window)).await
+            };
+            match exchanged.await {
+                Ok(remote) => guard.set_remote(remote),
+                Err(e) => tracing::warn!(error = %e, "bulk-guard counts not exchanged; keeping the other instances' last counts"),
+            }
+        }
+    });
 }

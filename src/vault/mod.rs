@@ -4,7 +4,7 @@
 //! It takes domain inputs and returns domain outputs; it knows nothing about HTTP and writes
 //! no SQL. Plaintext leaves it only inside [`FieldValue`]s.
 
-mod audit;
+pub mod audit;
 mod customers;
 mod grants;
 pub mod keys;
@@ -17,13 +17,13 @@ use std::sync::Arc;
 use crate::audit::guard::{BulkGuard, GuardPolicy};
 use crate::audit::{AuditHandle, CheckpointVerifier};
 use crate::auth::Principal;
-use crate::authz::{Authorizer, Denied, GrantCache, Policy};
+use crate::authz::{Action, Authorizer, Denied, Gate, GrantCache, Permit, Policy};
 use crate::crypto::{CryptoError, KeySource};
 use crate::domain::{Catalogue, Regions, ValidationErrors};
 use crate::mask::ViewPolicy;
 use crate::store::group::{CreateQueue, ReadQueue};
 use crate::store::{Store, StoreError};
-use limits::RateLimiter;
+use limits::{BudgetPolicy, Budgets};
 
 pub use audit::{AccessLogEntry, AuditPage};
 pub use customers::{valid_justification, Batch, CustomerSummary, CustomerView, SearchPage, SearchRequest, Shown};
@@ -52,6 +52,9 @@ pub enum VaultError {
     UnsupportedQuery(&'static str),
     #[error("rate limit exceeded")]
     RateLimited,
+    /// The principal's search budget is spent: an alert was raised and blocks it.
+    #[error("search budget exceeded")]
+    SearchBudget,
     /// The principal passed the bulk-access threshold: blocked until a security officer clears it.
     #[error("bulk access blocked")]
     BulkAccessBlocked,
@@ -78,16 +81,19 @@ impl From<Denied> for VaultError {
         match d {
             Denied::OutOfScope => VaultError::NotFound,
             Denied::Blocked => VaultError::BulkAccessBlocked,
+            Denied::Restricted => VaultError::Restricted,
             other => VaultError::Denied(other),
         }
     }
 }
 
-/// Who is asking, for which stated purpose (`X-Purpose`), and the audit event of the request.
+/// Who is asking, for which stated purpose (`X-Purpose`), under which declared action (its
+/// route's), and the audit event of the request.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub principal: Principal,
     pub purpose: Option<String>,
+    pub action: Action,
     pub audit: AuditHandle,
 }
 
@@ -100,8 +106,8 @@ impl Caller {
 /// Tunables of the use cases.
 #[derive(Clone, Debug)]
 pub struct VaultOptions {
-    /// Reveals allowed per principal per hour.
-    pub reveals_per_hour: u32,
+    /// Reveals, searches and search misses per principal per hour (counted in the database).
+    pub budgets: BudgetPolicy,
     /// Bulk-access guard.
     pub guard: GuardPolicy,
     /// Retention periods: (kind, status, days).
@@ -111,7 +117,7 @@ pub struct VaultOptions {
 impl Default for VaultOptions {
     fn default() -> Self {
         VaultOptions {
-            reveals_per_hour: 20,
+            budgets: BudgetPolicy::default(),
             guard: GuardPolicy { threshold: 500, window: std::time::Duration::from_secs(3600) },
             retention: Vec::new(),
         }
@@ -139,10 +145,9 @@ pub struct Vault {
     keys: keys::Keys,
     catalogue: Arc<Catalogue>,
     regions: &'static Regions,
-    authz: Authorizer,
-    views: Arc<ViewPolicy>,
-    reveals: RateLimiter,
-    guard: BulkGuard,
+    gate: Gate,
+    budgets: Budgets,
+    guard: Arc<BulkGuard>,
     verifier: Option<CheckpointVerifier>,
     retention: Vec<(crate::domain::CustomerKind, crate::domain::CustomerStatus, u32)>,
 }
@@ -160,6 +165,9 @@ impl Vault {
         let searchable = catalogue.fields().filter(|f| f.searchable).map(|f| f.name.clone()).collect();
         let keys = keys::Keys::load(keys, searchable)?;
         let grants = GrantCache::load(store.clone(), regions).await?;
+        let guard = Arc::new(BulkGuard::new(options.guard));
+        let budget_store = store.clone();
+        limits::share_guard_counts(store.clone(), Arc::downgrade(&guard), uuid::Uuid::now_v7().to_string());
         Ok(Vault {
             creates: CreateQueue::start(store.clone()),
             reads: ReadQueue::start(store.clone()),
@@ -167,10 +175,9 @@ impl Vault {
             keys,
             catalogue,
             regions,
-            authz: Authorizer::new(policy, grants),
-            views,
-            reveals: RateLimiter::new(options.reveals_per_hour, std::time::Duration::from_secs(3600)),
-            guard: BulkGuard::new(options.guard),
+            gate: Gate::new(Authorizer::new(policy, grants), views, regions),
+            budgets: Budgets::new(budget_store, options.budgets),
+            guard,
             verifier,
             retention: options.retention,
         })
@@ -185,7 +192,18 @@ impl Vault {
     }
 
     pub fn authorizer(&self) -> &Authorizer {
-        &self.authz
+        self.gate.authorizer()
+    }
+
+    /// The disclosure gate.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Asks the gate whether the caller may do `implemented` (the action this use case is),
+    /// under the action its route declared and the purpose it stated.
+    pub(crate) fn admit(&self, caller: &Caller, implemented: Action) -> Result<Permit, VaultError> {
+        Ok(self.gate.admit(&caller.principal, caller.action, implemented, caller.purpose())?)
     }
 
     /// Whether the database answers.
