@@ -232,7 +232,9 @@ impl Config {
             }
         }
         if self.reveals_per_hour == 0 || self.searches_per_hour == 0 || self.search_miss_alarm == 0 {
-            return Err(ConfigError::Invalid("reveals_per_hour, searches_per_hour and search_miss_alarm must be positive"));
+            return Err(ConfigError::Invalid(
+                "reveals_per_hour, searches_per_hour and search_miss_alarm must be positive",
+            ));
         }
         if self.trusted_proxies.iter().any(|c| c.parse::<crate::api::proxy::Cidr>().is_err()) {
             return Err(ConfigError::Invalid("trusted_proxies: every entry must be an address or CIDR block"));

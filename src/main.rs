@@ -243,7 +243,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                     Ok(())
                 }
-                Ok(None) => anyhow::bail!("refused: this vault already has a live bootstrap {role}"),
+                Ok(None) if role == "admin" => {
+                    anyhow::bail!("refused: this vault already has a live bootstrap administrator")
+                }
+                Ok(None) => anyhow::bail!("refused: this vault already has a live bootstrap security officer"),
                 Err(custodia::vault::VaultError::Validation(v)) if v.0.iter().any(|e| e.field == "role") => {
                     anyhow::bail!("--role must be admin or security_officer")
                 }

@@ -44,8 +44,13 @@ impl Cidr {
             _ => ip,
         };
         match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => masked(u128::from(u32::from(net)), 32, self.prefix) == masked(u128::from(u32::from(ip)), 32, self.prefix),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => masked(u128::from(net), 128, self.prefix) == masked(u128::from(ip), 128, self.prefix),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u128::from(u32::from(net)), 32, self.prefix)
+                    == masked(u128::from(u32::from(ip)), 32, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                masked(u128::from(net), 128, self.prefix) == masked(u128::from(ip), 128, self.prefix)
+            }
             _ => false,
         }
     }

@@ -160,7 +160,12 @@ mod tests {
         e.subject_region = Some("3201".into());
         e.proxy = Some("10.0.0.1".into());
         e.undisclosed = Some("[\"00000000-0000-0000-0000-000000000000\"]".into());
-        for (k, v) in [("actor_region", &e.actor_region), ("subject_region", &e.subject_region), ("proxy", &e.proxy), ("undisclosed_ids", &e.undisclosed)] {
+        for (k, v) in [
+            ("actor_region", &e.actor_region),
+            ("subject_region", &e.subject_region),
+            ("proxy", &e.proxy),
+            ("undisclosed_ids", &e.undisclosed),
+        ] {
             m.insert(k.into(), opt(v));
         }
         let expected = serde_json::to_vec(&serde_json::Value::Object(m)).unwrap();

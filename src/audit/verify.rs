@@ -33,6 +33,35 @@ pub struct VerifyReport {
     pub elapsed_ms: u64,
 }
 
+/// The first event of `page` whose links (the `audit_event_customers` rows behind access logs
+/// and `?customer=` searches, sorted by sequence number) differ from the customer ids its
+/// chained text names. A link to a sequence number the page does not hold counts against the
+/// next event (pages are contiguous once the chain check passed).
+fn first_bad_link(page: &[super::StoredEvent], links: &[(i64, uuid::Uuid)]) -> Option<i64> {
+    let mut links = links.iter().peekable();
+    for ev in page {
+        let mut linked: Vec<uuid::Uuid> = Vec::new();
+        while let Some((seq, id)) = links.peek() {
+            if *seq > ev.seq {
+                break;
+            }
+            if *seq < ev.seq {
+                return Some(ev.seq);
+            }
+            linked.push(*id);
+            links.next();
+        }
+        let mut named: Vec<uuid::Uuid> = serde_json::from_str(&ev.customer_ids_text).unwrap_or_default();
+        named.sort_unstable();
+        named.dedup();
+        linked.sort_unstable();
+        if named != linked {
+            return Some(ev.seq);
+        }
+    }
+    None
+}
+
 /// Verifies the whole audit. The next pages are fetched and decoded on other tasks (and
 /// database connections) while this one is hashed, so reading and hashing overlap. Pages are
 /// fetched by sequence number ahead of time; that is sound because sequence numbers must be
@@ -69,14 +98,18 @@ pub async fn verify(store: &Arc<dyn Store>, verifier: &CheckpointVerifier) -> Re
                 .iter()
                 .map(|ev| chain::leaf(&chain::canonical(ev.seq, &ev.event, &ev.customer_ids_text, &ev.fields_text)))
                 .collect();
-            Ok::<_, StoreError>((page, leaves))
+            let bad_link = match (page.first(), page.last()) {
+                (Some(first), Some(last)) => first_bad_link(&page, &store.audit_links(first.seq, last.seq).await?),
+                _ => None,
+            };
+            Ok::<_, StoreError>((page, leaves, bad_link))
         })
     };
     let mut pending: std::collections::VecDeque<_> = (0..PAGES_AHEAD).map(|i| fetch(i * i64::from(PAGE))).collect();
     let mut next_after = PAGES_AHEAD * i64::from(PAGE);
     'pages: loop {
         let Some(next) = pending.pop_front() else { break };
-        let (page, leaves) = next.await.map_err(|_| StoreError::Corrupt("audit page reader stopped"))??;
+        let (page, leaves, bad_link) = next.await.map_err(|_| StoreError::Corrupt("audit page reader stopped"))??;
         if page.is_empty() {
             break;
         }
@@ -97,6 +130,17 @@ pub async fn verify(store: &Arc<dyn Store>, verifier: &CheckpointVerifier) -> Re
                     &mut report,
                     ev.seq,
                     format!("event {} does not match the chain (altered, inserted or reordered)", ev.seq),
+                );
+                break 'pages;
+            }
+            if bad_link == Some(ev.seq) {
+                fail(
+                    &mut report,
+                    ev.seq,
+                    format!(
+                        "the access-log links of event {} do not match its chained customer ids (pruned or forged)",
+                        ev.seq
+                    ),
                 );
                 break 'pages;
             }

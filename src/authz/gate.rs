@@ -173,13 +173,14 @@ impl Gate {
         self.bounded(permit, &region, &target.role, target.expires_at, Denied::OutOfScope)
     }
 
-    /// May the permit (for `principal.revoke_tokens`) end every token of `sub`? Only when it
-    /// could revoke each of `sub`'s live grants.
+    /// May the permit (for `principal.revoke_tokens`) end every token of `sub`? Only when each
+    /// of `sub`'s live grants lies in its scope and has a role it may hand out.
     pub fn token_revocation(&self, permit: &Permit, sub: &str) -> Result<(), Denied> {
         let snapshot = self.authz.grants().snapshot();
         for g in snapshot.live_grants_of(sub, Utc::now()) {
             let region = g.region.as_ref().ok_or(Denied::RegionOutOfScope)?;
-            self.bounded(permit, region, &g.record.role, g.record.expires_at, Denied::RegionOutOfScope)?;
+            // Scope and role bound it; expiry does not (ending tokens takes nothing beyond now).
+            self.bounded(permit, region, &g.record.role, Some(Utc::now()), Denied::RegionOutOfScope)?;
         }
         Ok(())
     }

@@ -156,7 +156,9 @@ impl Policy {
                 }
             } else {
                 let action = Action::parse(act).ok_or_else(|| PolicyError::Invalid(format!("unknown action {act}")))?;
-                if matches!(action, Action::GrantList | Action::CreateGrant | Action::RevokeGrant) && duty == Duty::Audit {
+                if matches!(action, Action::GrantList | Action::CreateGrant | Action::RevokeGrant)
+                    && duty == Duty::Audit
+                {
                     Duty::Audit // security officers review grants and appoint security officers
                 } else {
                     action_duty(action)
@@ -260,8 +262,12 @@ mod tests {
         assert!(!p.permits("agent", Action::UpdateCustomer, "customer_service"));
         assert!(!p.permits("admin", Action::ReadCustomer, ADMINISTRATION));
         assert!(!p.permits_action("admin", Action::ReadCustomer));
-        assert!(!p.permits_action("security_officer", Action::CreateGrant));
         assert!(p.permits("security_officer", Action::GrantList, AUDIT));
+        // Auditors are appointed along their own line, never by administrators.
+        assert!(p.may_delegate("security_officer", "security_officer"));
+        assert!(!p.may_delegate("security_officer", "agent"));
+        assert!(!p.may_delegate("admin", "security_officer"));
+        assert!(!p.permits_action("security_officer", Action::RevokeTokens));
         assert!(p.may_delegate("admin", "admin"));
         assert!(p.may_delegate("local_admin", "agent"));
         assert!(!p.may_delegate("local_admin", "risk_officer"));
@@ -277,7 +283,10 @@ mod tests {
             "p, agent, customer.read, customer_servce",
             "p, admin, customer.read, administration",
             "p, agent, grant.create, administration",
-            "p, security_officer, grant.create, audit",
+            "p, security_officer, grant.create, administration",
+            "p, security_officer, delegate:agent, audit",
+            "p, admin, delegate:security_officer, administration",
+            "p, security_officer, keys.manage, audit",
             "p, agent, customer.read, administration",
             "p, admin, delegate:root, administration",
         ];

@@ -349,8 +349,7 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes budget counters of buckets before `before_bucket`.
     async fn prune_budgets(&self, before_bucket: i64) -> Result<(), StoreError>;
     /// Publishes this instance's bulk-guard counts (a count of 0 removes the row).
-    async fn publish_guard_counts(&self, instance: &str, counts: &[(String, i64)], now: i64)
-        -> Result<(), StoreError>;
+    async fn publish_guard_counts(&self, instance: &str, counts: &[(String, i64)], now: i64) -> Result<(), StoreError>;
     /// The other instances' counts updated since `since`, summed per principal.
     async fn guard_counts_elsewhere(&self, instance: &str, since: i64) -> Result<Vec<(String, i64)>, StoreError>;
 

@@ -319,7 +319,8 @@ macro_rules! impl_store {
                 // Take the write lock before reading, so that concurrent bootstraps (other
                 // processes on one SQLite file) queue instead of failing on a stale read.
                 sqlx::query("UPDATE authz_epoch SET value = value WHERE id = 1").execute(&mut *tx).await?;
-                let existing = sqlx::query("SELECT 1 FROM grants WHERE parent_id IS NULL AND revoked_at IS NULL")
+                let existing = sqlx::query("SELECT 1 FROM grants WHERE parent_id IS NULL AND revoked_at IS NULL AND role = $1")
+                    .bind(&g.role)
                     .fetch_optional(&mut *tx)
                     .await?;
                 if existing.is_some() {

@@ -114,7 +114,12 @@ impl Vault {
 
     /// Raises a security alert for `principal` (its own audit event, in one transaction): the
     /// principal's data requests are refused until a security officer clears it.
-    pub(super) async fn raise_alert(&self, principal: &str, kind: AlertKind, distinct: usize) -> Result<(), VaultError> {
+    pub(super) async fn raise_alert(
+        &self,
+        principal: &str,
+        kind: AlertKind,
+        distinct: usize,
+    ) -> Result<(), VaultError> {
         let policy = self.guard.policy();
         let region = self.gate.home_region(principal);
         let alert = AlertRecord {

@@ -14,9 +14,9 @@ use crate::domain::{
     CustomerDraft, CustomerKind, CustomerPatch, CustomerStatus, FieldValue, RegionId, ValidationError, ValidationErrors,
 };
 use crate::mask::{self, View};
+use crate::store::{CustomerQuery, CustomerRecord, CustomerUpdate, IndexEntry, SealedField, StoreError, UpdateOutcome};
 use crate::vault::audit::AlertKind;
 use crate::vault::limits::Counter;
-use crate::store::{CustomerQuery, CustomerRecord, CustomerUpdate, IndexEntry, SealedField, StoreError, UpdateOutcome};
 
 /// Largest page of search results and largest batch.
 pub const MAX_PAGE: u32 = 100;

@@ -103,7 +103,9 @@ pub fn share_guard_counts(store: Arc<dyn Store>, guard: Weak<BulkGuard>, instanc
             };
             match exchanged.await {
                 Ok(remote) => guard.set_remote(remote),
-                Err(e) => tracing::warn!(error = %e, "bulk-guard counts not exchanged; keeping the other instances' last counts"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "bulk-guard counts not exchanged; keeping the other instances' last counts")
+                }
             }
         }
     });

@@ -170,7 +170,15 @@ on_both! {
 
     async fn append_only_is_enforced_by_the_database(h) {
         h.create(individual("3201")).await;
-        for stmt in ["UPDATE audit_events SET principal = 'x' WHERE seq = 1", "DELETE FROM audit_events WHERE seq = 1"] {
+        let n = h.scalar("SELECT count(*) FROM audit_event_customers").await;
+        assert!(n > 0);
+        for stmt in [
+            "UPDATE audit_events SET principal = 'x' WHERE seq = 1",
+            "DELETE FROM audit_events WHERE seq = 1",
+            // The links behind access logs are protected the same way.
+            "DELETE FROM audit_event_customers",
+            "UPDATE audit_event_customers SET seq = seq + 1",
+        ] {
             let result = match &h.db {
                 Db::Sqlite { path, .. } => {
                     use sqlx::Connection;
@@ -185,6 +193,7 @@ on_both! {
             };
             assert!(result.is_err(), "{stmt} was allowed");
         }
+        assert_eq!(h.scalar("SELECT count(*) FROM audit_event_customers").await, n);
     }
 }
 
@@ -216,6 +225,14 @@ async fn tampering(db_maker: impl Fn() -> std::pin::Pin<Box<dyn std::future::Fut
             "truncate",
             vec!["DELETE FROM audit_events WHERE seq > 15", "DELETE FROM audit_event_customers WHERE seq > 15"],
             16,
+        ),
+        // The links behind access logs and `?customer=` (outside the chain's rows, checked
+        // against it): seq 6 is the first read, seq 8 the second.
+        ("prune the access log", vec!["DELETE FROM audit_event_customers WHERE seq = 6"], 6),
+        (
+            "forge an access-log link",
+            vec!["INSERT INTO audit_event_customers (customer_id, seq) SELECT customer_id, 8 FROM audit_event_customers WHERE seq = 6"],
+            8,
         ),
         (
             "edit a checkpoint",

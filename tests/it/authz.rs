@@ -228,8 +228,14 @@ on_both! {
         // Separation of duties: an administrator may not also hold a data or audit role.
         let r = post(ROOT_ADMIN, "city.admin", "agent", "3201", Some(hours(1).to_rfc3339())).await.unwrap();
         assert_eq!(outcome(r).await, (409, "separation_of_duties".into()));
-        let r = post(ROOT_ADMIN, "nj.agent", "security_officer", "CN", Some(hours(1).to_rfc3339())).await.unwrap();
+        let r = post(ROOT_OFFICER, "nj.agent", "security_officer", "CN", Some(hours(1).to_rfc3339())).await.unwrap();
         assert_eq!(outcome(r).await, (409, "separation_of_duties".into()));
+        // Auditors are not appointed by the audited: no administrator may hand out
+        // security_officer, at any level.
+        for admin in [ROOT_ADMIN, "prov.admin", "loc.admin"] {
+            let r = post(admin, "x.auditor", "security_officer", "32", Some(hours(1).to_rfc3339())).await.unwrap();
+            assert_eq!(outcome(r).await, (403, "delegation_role_not_allowed".into()), "{admin}");
+        }
     }
 
     async fn revocation_and_expiry_cascade(h) {
@@ -283,7 +289,7 @@ on_both! {
             r
         };
         assert_eq!(regions(&list("js.admin", "").await), vec!["32", "32", "3201", "3202"]);
-        assert_eq!(regions(&list(ROOT_ADMIN, "").await).len(), 8);
+        assert_eq!(regions(&list(ROOT_ADMIN, "").await).len(), 9, "eight grants and the root officer's");
         // Pages of one, following the cursor, visit each visible grant once.
         let mut seen = Vec::new();
         let mut query = "?page_size=1".to_owned();

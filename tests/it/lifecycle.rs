@@ -66,15 +66,50 @@ on_both! {
         let id = h.create(individual("3201")).await;
         h.grant("ag", "agent", "32").await;
         let path = format!("/v1/customers/{id}/export");
-        let r = as_dsr(&h, reqwest::Method::GET, &path, ALICE).send().await.unwrap();
+        // An export is a plaintext disclosure: without a justification (ticket reference) it
+        // is refused, and a malformed one is neither accepted nor echoed.
+        for bad in [None, Some(""), Some("<script>alert(1)</script>"), Some("x")] {
+            let mut req = as_dsr(&h, reqwest::Method::GET, &path, ALICE);
+            if let Some(j) = bad {
+                req = req.header("X-Justification", j);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 422, "{bad:?}");
+            let text = r.text().await.unwrap();
+            assert!(!text.contains("13812345678") && !text.contains("<script>"), "{text}");
+        }
+        let r = as_dsr(&h, reqwest::Method::GET, &path, ALICE)
+            .header("X-Justification", "DSR-2026-0042")
+            .header("X-Request-Id", "export-1")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["cache-control"], "no-store");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["fields"], individual("3201")["fields"]);
         assert_eq!(v["id"], id.to_string());
-        let r = h.get(&path, ALICE).send().await.unwrap();
+        let r = h.get(&path, ALICE).header("X-Justification", "DSR-2026-0042").send().await.unwrap();
         assert_eq!(r.status(), 403, "export needs the data_subject_request purpose");
-        assert_eq!(as_dsr(&h, reqwest::Method::GET, &path, "ag").send().await.unwrap().status(), 403);
+        let r = as_dsr(&h, reqwest::Method::GET, &path, "ag").header("X-Justification", "DSR-2026-0042").send().await.unwrap();
+        assert_eq!(r.status(), 403, "export needs a role that policy allows to export");
+        // The justification is recorded in the event.
+        let n = h.scalar("SELECT count(*) FROM audit_events WHERE request_id = 'export-1' AND justification = 'DSR-2026-0042' AND action = 'customer.export'").await;
+        assert_eq!(n, 1);
+    }
+
+    async fn exports_count_against_the_reveal_budget(h) {
+        // The default budget is 20 plaintext disclosures per hour; exports spend it like reveals.
+        let id = h.create(individual("3201")).await;
+        let path = format!("/v1/customers/{id}/export");
+        for i in 0..20 {
+            let r = as_dsr(&h, reqwest::Method::GET, &path, ALICE).header("X-Justification", "DSR-1").send().await.unwrap();
+            assert_eq!(r.status(), 200, "export {i}");
+        }
+        let r = as_dsr(&h, reqwest::Method::GET, &path, ALICE).header("X-Justification", "DSR-1").send().await.unwrap();
+        assert_eq!(r.status(), 429);
+        let text = r.text().await.unwrap();
+        assert!(text.contains("rate_limited") && !text.contains("13812345678"), "{text}");
     }
 
     async fn restriction_limits_reads_to_legal_requests(h) {
@@ -91,6 +126,25 @@ on_both! {
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["code"], "customer_restricted");
         assert!(v.get("fields").is_none());
+        // Reveal applies the same restriction as a read (it used to hand out plaintext here).
+        let reveal = |purpose: &'static str| {
+            h.client
+                .post(h.url(&format!("{path}/reveal")))
+                .bearer_auth(mint("ro"))
+                .header("X-Purpose", purpose)
+                .json(&json!({"fields": ["mobile", "resident_id"], "justification": "FRAUD-2026-7"}))
+                .send()
+        };
+        let r = reveal("fraud_investigation").await.unwrap();
+        assert_eq!(r.status(), 403);
+        let text = r.text().await.unwrap();
+        assert!(text.contains("customer_restricted") && !text.contains("13812345678") && !text.contains("11010519491231002X"), "{text}");
+        // And so does export.
+        let r = as_dsr(&h, reqwest::Method::GET, &format!("{path}/export"), ALICE).header("X-Justification", "DSR-9").send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        // A legal request may still reveal, as it may read.
+        let r = reveal("legal_request").await.unwrap();
+        assert_eq!(r.status(), 200);
         assert_eq!(h.get(&path, ALICE).send().await.unwrap().status(), 403);
         let r = h.client.get(h.url(&path)).bearer_auth(mint("ro")).header("X-Purpose", "legal_request").send().await.unwrap();
         assert_eq!(r.status(), 200);

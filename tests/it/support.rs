@@ -14,6 +14,8 @@ pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The bootstrap administrator of every test vault.
 pub const ROOT_ADMIN: &str = "root-admin";
+/// The bootstrap security officer of every test vault (appoints the other officers).
+pub const ROOT_OFFICER: &str = "root-officer";
 /// An account manager at `CN`, the default caller of customer requests.
 pub const ALICE: &str = "alice";
 /// The purpose the request helpers state.
@@ -140,6 +142,7 @@ impl Harness {
         adjust(&mut config);
         let server = custodia::app::start(&config).await.expect("vault starts");
         server.state.vault.bootstrap_admin(ROOT_ADMIN).await.unwrap();
+        server.state.vault.bootstrap(ROOT_OFFICER, "security_officer").await.unwrap();
         let h = Harness {
             base: format!("http://{}", server.addr),
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
@@ -160,9 +163,11 @@ impl Harness {
         custodia::app::start(&test_config(self.db.url())).await.expect("second instance starts")
     }
 
-    /// Grants `role` at `region` to `principal` for a day, as the bootstrap administrator.
+    /// Grants `role` at `region` to `principal` for a day, as the bootstrap administrator (or,
+    /// for security officers, the bootstrap officer: auditors are appointed along their line).
     pub async fn grant(&self, principal: &str, role: &str, region: &str) -> Uuid {
-        self.grant_by(ROOT_ADMIN, principal, role, region, chrono::Utc::now() + chrono::Duration::days(1)).await
+        let by = if role == "security_officer" { ROOT_OFFICER } else { ROOT_ADMIN };
+        self.grant_by(by, principal, role, region, chrono::Utc::now() + chrono::Duration::days(1)).await
     }
 
     /// Grants as `by`, asserting success.
@@ -301,6 +306,8 @@ impl Harness {
                     "audit_events_no_delete",
                     "audit_checkpoints_no_update",
                     "audit_checkpoints_no_delete",
+                    "audit_event_customers_no_update",
+                    "audit_event_customers_no_delete",
                 ]
                 .iter()
                 .map(|t| format!("DROP TRIGGER IF EXISTS {t}"))
@@ -311,10 +318,12 @@ impl Harness {
                 vec![
                     "ALTER TABLE audit_events DISABLE TRIGGER USER".into(),
                     "ALTER TABLE audit_checkpoints DISABLE TRIGGER USER".into(),
+                    "ALTER TABLE audit_event_customers DISABLE TRIGGER USER".into(),
                 ],
                 vec![
                     "ALTER TABLE audit_events ENABLE TRIGGER USER".into(),
                     "ALTER TABLE audit_checkpoints ENABLE TRIGGER USER".into(),
+                    "ALTER TABLE audit_event_customers ENABLE TRIGGER USER".into(),
                 ],
             ),
         };

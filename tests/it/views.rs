@@ -91,10 +91,18 @@ on_both! {
         assert_eq!(s, 200);
         let keys: Vec<&String> = v["fields"].as_object().unwrap().keys().collect();
         assert_eq!(keys, vec!["mobile", "name"]);
-        // A hidden field stays hidden when asked for by name.
-        let (s, v, _) = send(&h, get("?fields=resident_id,bank_card", "mk", "marketing")).await;
-        assert_eq!(s, 200);
-        assert_eq!(v["fields"], json!({}));
+        // A hidden field asked for by name is refused outright (403, naming no value), not
+        // silently dropped: the caller learns its request was beyond its views.
+        for q in ["?fields=resident_id,bank_card", "?fields=name,resident_id"] {
+            let r = get(q, "mk", "marketing").header("X-Request-Id", "hidden-ask").send().await.unwrap();
+            assert_eq!(r.status(), 403, "{q}");
+            let text = r.text().await.unwrap();
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["code"], "field_not_visible");
+            assert!(!text.contains("11010519491231002X") && !text.contains("欧阳") && v.get("fields").is_none(), "{text}");
+        }
+        let rows = h.audit_rows("hidden-ask").await;
+        assert!(rows.iter().all(|r| r.0 == "customer.read" && r.1 == "denied" && r.4 == "[]"), "{rows:?}");
         for q in ["?fields=hobby", "?fields=", "?fields=name,,mobile", "?fields=name&fields=mobile", "?sort=mobile"] {
             let (s, v, _) = send(&h, get(q, ALICE, PURPOSE)).await;
             assert!(s == 400 || s == 422, "{q}: {s} {v}");
