@@ -17,7 +17,7 @@ use crate::audit::writer::CheckpointPolicy;
 use crate::audit::{AuditLog, CheckpointSigner, CheckpointVerifier};
 use crate::auth::{Authenticator, KeyConfigError};
 use crate::authz::{Policy, PolicyError};
-use crate::config::{Config, EXAMPLE_TOKEN_KID};
+use crate::config::Config;
 use crate::crypto::pkcs11::Pkcs11Source;
 use crate::crypto::{EnvSource, FileSource, KeyFileError, KeySource};
 use crate::domain::catalogue::CatalogueError;
@@ -55,8 +55,9 @@ const EXAMPLE_KEYS_WARNING: &str =
 anyone can decrypt what this vault stores. NEVER use them for real customer data; configure keys_file (docs/KEYS.md).";
 
 const EXAMPLE_TOKEN_WARNING: &str =
-    "ACCEPTING TOKENS SIGNED WITH THE PUBLIC EXAMPLE KEY (kid \"example\"): anyone can mint a \
-token this vault accepts. Remove it from auth.keys for any real deployment.";
+    "ACCEPTING TOKENS SIGNED WITH THE PUBLIC EXAMPLE KEY (keys-example/jwt-ed25519.pub.pem, \
+recognised by its fingerprint): anyone can mint a token this vault accepts. Remove it from \
+auth.keys / auth.jwks_file for any real deployment.";
 
 /// The configured key source: a PKCS#11 token, an environment variable, or the key file.
 pub fn key_source(config: &Config) -> Result<Arc<dyn KeySource>, StartError> {
@@ -86,7 +87,7 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
         tracing::info!(version, fingerprint, "key-encryption key loaded");
     }
     let authenticator = Authenticator::from_config(&config.auth)?;
-    if config.auth.keys.iter().any(|k| k.kid == EXAMPLE_TOKEN_KID) {
+    if authenticator.accepts_example_key() {
         tracing::warn!("{EXAMPLE_TOKEN_WARNING}");
     }
     let catalogue = Catalogue::builtin()?;
@@ -95,6 +96,10 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
     tracing::info!(backend = ?store.backend(), "database ready, migrations applied");
     let policy = Policy::builtin().await?;
     let views = ViewPolicy::builtin(&catalogue, &policy)?;
+    views.check_search_budget(&catalogue, &policy, config.searches_per_hour, config.search_miss_alarm)?;
+    for (role, field) in views.search_oracles(&catalogue, &policy) {
+        tracing::debug!(role, field, "search of a field masked or hidden to the role: budgeted");
+    }
     let options = VaultOptions {
         retention: config.retention.parsed(),
         budgets: crate::vault::limits::BudgetPolicy {
@@ -109,9 +114,7 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
     };
     let signer = CheckpointSigner::load(&config.audit.signing_key)?;
     let verifier = CheckpointVerifier::load(&config.audit.public_key)?;
-    if config.audit.signing_key.starts_with("keys-example")
-        || config.audit.signing_key.to_string_lossy().contains("keys-example/")
-    {
+    if signer.is_example() {
         tracing::warn!("SIGNING AUDIT CHECKPOINTS WITH THE PUBLIC EXAMPLE KEY: anyone can forge them. Configure audit.signing_key.");
     }
     let audit = AuditLog::start(

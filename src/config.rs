@@ -231,10 +231,10 @@ impl Config {
                 ));
             }
         }
-        if self.reveals_per_hour == 0 || self.searches_per_hour == 0 || self.search_miss_alarm == 0 {
-            return Err(ConfigError::Invalid(
-                "reveals_per_hour, searches_per_hour and search_miss_alarm must be positive",
-            ));
+        // searches_per_hour and search_miss_alarm may be 0 (off) only when no role can search a
+        // field its views mask or hide: the start-up view lint decides that.
+        if self.reveals_per_hour == 0 {
+            return Err(ConfigError::Invalid("reveals_per_hour must be positive"));
         }
         if self.trusted_proxies.iter().any(|c| c.parse::<crate::api::proxy::Cidr>().is_err()) {
             return Err(ConfigError::Invalid("trusted_proxies: every entry must be an address or CIDR block"));

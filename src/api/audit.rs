@@ -90,8 +90,18 @@ pub struct Event {
     pub query: Option<String>,
     pub outcome: &'static str,
     pub status: u16,
+    /// The client's address (forwarded by a trusted proxy, or the peer).
     pub client: Option<String>,
+    /// The trusted proxy the request came through, when `client` was forwarded.
+    pub proxy: Option<String>,
     pub user_agent: Option<String>,
+    /// Where the principal acted from: the smallest region node containing its live grants.
+    pub actor_region: Option<String>,
+    /// The region of what the request concerned (customers, grant, alert).
+    pub subject_region: Option<String>,
+    /// Ids asked for but not disclosed (missing, out of scope or restricted); they are in
+    /// `customer_ids` too, so that probing shows in the access log.
+    pub not_disclosed: Vec<Uuid>,
 }
 
 impl From<StoredEvent> for Event {
@@ -112,7 +122,11 @@ impl From<StoredEvent> for Event {
             outcome: e.outcome.as_str(),
             status: e.status,
             client: e.client,
+            proxy: e.proxy,
             user_agent: e.user_agent,
+            actor_region: e.actor_region,
+            subject_region: e.subject_region,
+            not_disclosed: e.undisclosed.as_deref().and_then(|u| serde_json::from_str(u).ok()).unwrap_or_default(),
         }
     }
 }
@@ -160,7 +174,7 @@ fn cursor(c: Option<&str>) -> Result<i64, ApiError> {
     get, path = "/v1/audit/events", tag = "audit",
     params(EventParams),
     responses(
-        (status = 200, description = "A page of events, or with Accept: application/x-ndjson an export of every match", body = EventPage),
+        (status = 200, description = "A page of the events whose actor or subject lies in the officer's subtree, or with Accept: application/x-ndjson an export of every match (a failure mid-stream ends the body without its chunked terminator)", body = EventPage),
         (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a security officer", body = Problem, content_type = "application/problem+json"),
@@ -199,10 +213,20 @@ pub async fn events(
     let mut first = query.clone();
     first.limit = crate::vault::audit_max_page();
     let page = state.vault.audit_events(&caller, first).await?;
+    // A page that fails mid-stream ends the body with an error: the connection is closed
+    // without the chunked terminator, so no client can take a truncated export for a complete
+    // one (and nothing is appended that a parser could mistake for an event).
     let stream = futures::stream::unfold(
-        (Some(page), state.vault.clone(), caller, query),
+        (Some(Ok(page)), state.vault.clone(), caller, query),
         |(page, vault, caller, mut query)| async move {
-            let page = page?;
+            let page = match page? {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit export failed mid-stream: ended incomplete");
+                    let failed = Err(std::io::Error::other("audit export failed"));
+                    return Some((failed, (None, vault, caller, query)));
+                }
+            };
             let mut chunk = Vec::new();
             for e in page.items {
                 if let Ok(line) = serde_json::to_vec(&Event::from(e)) {
@@ -214,7 +238,7 @@ pub async fn events(
                 Some(c) => {
                     query.after_seq = c;
                     query.limit = crate::vault::audit_max_page();
-                    vault.audit_events(&caller, query.clone()).await.ok()
+                    Some(vault.audit_events(&caller, query.clone()).await)
                 }
                 None => None,
             };
@@ -249,7 +273,11 @@ pub async fn verify(State(state): State<AppState>, caller: Caller) -> Result<Jso
 #[derive(Serialize, ToSchema)]
 pub struct Alert {
     pub id: Uuid,
+    /// What raised it: `bulk_access`, `search_budget` or `search_misses`.
+    pub kind: String,
     pub principal: String,
+    /// Where the principal acted from when it was raised (officers see their subtree's).
+    pub region: Option<String>,
     pub raised_at: DateTime<Utc>,
     pub distinct_customers: i32,
     pub window_seconds: i32,
@@ -264,7 +292,9 @@ impl From<AlertRecord> for Alert {
         Alert {
             status: if a.cleared_at.is_some() { "cleared" } else { "open" },
             id: a.id,
+            kind: a.kind,
             principal: a.principal,
+            region: a.region,
             raised_at: a.raised_at,
             distinct_customers: a.distinct_customers,
             window_seconds: a.window_seconds,
@@ -278,7 +308,7 @@ impl From<AlertRecord> for Alert {
 #[utoipa::path(
     get, path = "/v1/audit/alerts", tag = "audit",
     responses(
-        (status = 200, description = "Alerts, newest first", body = [Alert]),
+        (status = 200, description = "Alerts about principals in the officer's subtree, newest first", body = [Alert]),
         (status = 403, description = "Not a security officer", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -294,7 +324,7 @@ pub async fn alerts(State(state): State<AppState>, caller: Caller) -> Result<Jso
     responses(
         (status = 200, description = "Cleared", body = Alert),
         (status = 403, description = "Not a security officer", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No open alert with that id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No open alert with that id about a principal in the officer's subtree", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

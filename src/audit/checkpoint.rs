@@ -51,6 +51,9 @@ fn pem_der(path: &Path) -> Result<Vec<u8>, CheckpointKeyError> {
         .map_err(|_| CheckpointKeyError::Format(path.display().to_string()))
 }
 
+/// The key id (fingerprint) of the public example checkpoint key.
+const EXAMPLE_AUDIT_KEY_ID: &str = "8e7c0b28988bf41e";
+
 fn key_id(public: &[u8]) -> String {
     crate::crypto::keyring::fingerprint_bytes(public)
 }
@@ -85,6 +88,12 @@ impl CheckpointSigner {
     pub fn key_id(&self) -> &str {
         &self.key_id
     }
+
+    /// Whether this is the public example signing key (`keys-example/audit-ed25519.pem`),
+    /// recognised by fingerprint wherever it was loaded from: anyone can forge its checkpoints.
+    pub fn is_example(&self) -> bool {
+        self.key_id == EXAMPLE_AUDIT_KEY_ID
+    }
 }
 
 /// Verifies checkpoints against a pinned public key.
@@ -113,5 +122,17 @@ impl CheckpointVerifier {
 
     pub fn key_id(&self) -> &str {
         &self.key_id
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn the_example_signing_key_is_recognised_by_fingerprint_wherever_it_lies() {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("signing.pem");
+        std::fs::copy(root.join("keys-example/audit-ed25519.pem"), &copy).unwrap();
+        assert!(super::CheckpointSigner::load(&copy).unwrap().is_example());
     }
 }

@@ -35,35 +35,112 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, KeyConfigError> {
     std::fs::read(path).map_err(|source| KeyConfigError::Read { path: path.display().to_string(), source })
 }
 
-pub(super) fn load(config: &AuthConfig) -> Result<Vec<(String, Algorithm, DecodingKey)>, KeyConfigError> {
+/// Fingerprint of the public example token key (`keys-example/jwt-ed25519.pub.pem`): anyone
+/// can mint tokens it verifies, whatever kid or file it is configured under.
+const EXAMPLE_TOKEN_KEY_FINGERPRINT: &str = "fe2ee5e8b1c6626f";
+
+/// Whether raw Ed25519 public key bytes are the public example token key.
+fn is_example_raw(raw: &[u8]) -> bool {
+    crate::crypto::keyring::fingerprint_bytes(raw) == EXAMPLE_TOKEN_KEY_FINGERPRINT
+}
+
+/// The raw key of an Ed25519 SubjectPublicKeyInfo PEM (its last 32 bytes of 44).
+fn ed25519_raw_from_pem(pem: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let text = std::str::from_utf8(pem).ok()?;
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).ok()?;
+    (der.len() == 44).then(|| der[12..].to_vec())
+}
+
+/// The loaded keys: (kid, algorithm, key, whether it is the public example key).
+pub(super) type LoadedKey = (String, Algorithm, DecodingKey, bool);
+
+pub(super) fn load(config: &AuthConfig) -> Result<Vec<LoadedKey>, KeyConfigError> {
     let mut out = Vec::new();
     for k in &config.keys {
         let pem = read(&k.public_key_pem)?;
+        let example =
+            k.algorithm == TokenAlgorithm::EdDSA && ed25519_raw_from_pem(&pem).is_some_and(|r| is_example_raw(&r));
         let key = match k.algorithm {
             TokenAlgorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
             TokenAlgorithm::ES256 => DecodingKey::from_ec_pem(&pem),
             TokenAlgorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
         }
         .map_err(|_| KeyConfigError::BadPem { kid: k.kid.clone(), algorithm: k.algorithm })?;
-        out.push((k.kid.clone(), algorithm(k.algorithm), key));
+        out.push((k.kid.clone(), algorithm(k.algorithm), key, example));
     }
     if let Some(path) = &config.jwks_file {
         let set: JwkSet = serde_json::from_slice(&read(path)?)
             .map_err(|_| KeyConfigError::BadJwks { path: path.display().to_string() })?;
         for jwk in &set.keys {
             let kid = jwk.common.key_id.clone().ok_or(KeyConfigError::UnsupportedJwk)?;
+            let mut example = false;
             let alg = match &jwk.algorithm {
-                AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Algorithm::EdDSA,
+                AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                    use base64::Engine;
+                    example = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(p.x.trim_end_matches('='))
+                        .is_ok_and(|raw| is_example_raw(&raw));
+                    Algorithm::EdDSA
+                }
                 AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
                 AlgorithmParameters::RSA(_) => Algorithm::RS256,
                 _ => return Err(KeyConfigError::UnsupportedJwk),
             };
             let key = DecodingKey::from_jwk(jwk).map_err(|_| KeyConfigError::UnsupportedJwk)?;
-            out.push((kid, alg, key));
+            out.push((kid, alg, key, example));
         }
     }
     if out.is_empty() {
         return Err(KeyConfigError::NoKeys);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use crate::config::{AuthConfig, TokenAlgorithm, TokenKeyConfig};
+
+    fn file(rel: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+
+    #[test]
+    fn the_example_token_key_is_recognised_by_fingerprint_under_any_kid_or_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("innocent.pem");
+        std::fs::copy(file("keys-example/jwt-ed25519.pub.pem"), &copy).unwrap();
+        let config = |kid: &str, path: PathBuf, algorithm| AuthConfig {
+            keys: vec![TokenKeyConfig { kid: kid.into(), algorithm, public_key_pem: path }],
+            ..AuthConfig::default()
+        };
+        let a = crate::auth::Authenticator::from_config(&config("prod-2026", copy, TokenAlgorithm::EdDSA)).unwrap();
+        assert!(a.accepts_example_key());
+        let b = crate::auth::Authenticator::from_config(&config(
+            "example",
+            file("tests/keys/es256.pub.pem"),
+            TokenAlgorithm::ES256,
+        ))
+        .unwrap();
+        assert!(!b.accepts_example_key(), "a kid alone does not make a key the example");
+        // The same key in a JWKS.
+        let jwks = dir.path().join("keys.jwks");
+        std::fs::write(
+            &jwks,
+            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","x":"XXX"}]}"#.replace("XXX", &example_x()),
+        )
+        .unwrap();
+        let c = AuthConfig { keys: vec![], jwks_file: Some(jwks), ..AuthConfig::default() };
+        assert!(crate::auth::Authenticator::from_config(&c).unwrap().accepts_example_key());
+    }
+
+    fn example_x() -> String {
+        use base64::Engine;
+        let pem = std::fs::read(file("keys-example/jwt-ed25519.pub.pem")).unwrap();
+        let raw = super::ed25519_raw_from_pem(&pem).unwrap();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
 }

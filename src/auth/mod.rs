@@ -91,6 +91,8 @@ pub struct Authenticator {
     /// SHA-256 of a token already verified → its principal. Only the identical token hits;
     /// expiry is checked on every hit, and revocation is checked by the caller on every request.
     verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Principal>>,
+    /// Whether the public example token key is among the allowed keys (by fingerprint).
+    example_key: bool,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -114,7 +116,8 @@ impl Authenticator {
         install_jwt_backend();
         let loaded = keys::load(config)?;
         let mut map = std::collections::HashMap::new();
-        for (kid, algorithm, key) in loaded {
+        let example_key = loaded.iter().any(|(.., example)| *example);
+        for (kid, algorithm, key, _) in loaded {
             let mut validation = Validation::new(algorithm);
             validation.algorithms = vec![algorithm];
             validation.set_issuer(&[&config.issuer]);
@@ -133,7 +136,14 @@ impl Authenticator {
             token_types: config.token_types.clone(),
             leeway: i64::try_from(config.leeway_seconds.min(30)).unwrap_or(30),
             verified: std::sync::Mutex::new(std::collections::HashMap::new()),
+            example_key,
         })
+    }
+
+    /// Whether the public example token key is accepted (recognised by fingerprint, under
+    /// whatever kid, PEM file or JWKS it was configured): anyone can mint tokens it verifies.
+    pub fn accepts_example_key(&self) -> bool {
+        self.example_key
     }
 
     /// Verifies a bearer token (a token verified before is answered from a bounded cache

@@ -121,9 +121,14 @@ impl Snapshot {
             .filter(move |g| g.region.is_some() && self.status(&g.record, now) == GrantStatus::Active)
     }
 
-    /// Whether the principal has an open bulk-access alert.
+    /// Whether the principal has an open security alert.
     pub fn is_blocked(&self, principal: &str) -> bool {
         self.blocked.contains(principal)
+    }
+
+    /// The principals with an open security alert.
+    pub fn blocked(&self) -> impl Iterator<Item = &str> {
+        self.blocked.iter().map(String::as_str)
     }
 
     /// Tokens of `principal` issued at or before this instant are refused.

@@ -19,6 +19,9 @@ use super::CryptoError;
 /// Fingerprints of the KEKs in `keys-example/keys.toml`: whoever loads them is warned, whatever
 /// the file they came from says.
 const EXAMPLE_KEK_FINGERPRINTS: [&str; 1] = ["ecf3786ce586b3b3"];
+/// Fingerprint of the blind-index root in `keys-example/keys.toml`: search digests under it can
+/// be recomputed by anyone, so it is recognised (and warned about) wherever it is loaded from.
+const EXAMPLE_INDEX_FINGERPRINTS: [&str; 1] = ["d12efe7b3c745749"];
 
 #[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -222,6 +225,7 @@ impl Keyring {
         let mut index_roots = BTreeMap::new();
         for entry in file.index.entries().iter().filter(|e| !e.retired) {
             let key = decode_key(&entry.key)?;
+            example |= EXAMPLE_INDEX_FINGERPRINTS.contains(&fingerprint(&key).as_str());
             if index_roots.insert(entry.version, SecretBox::new(Box::new(*key))).is_some() {
                 return Err(KeyFileError::Invalid("an index version appears twice"));
             }
@@ -399,6 +403,19 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../../keys-example/keys.toml");
+
+    #[test]
+    fn the_example_index_root_is_recognised_by_fingerprint() {
+        // A real KEK beside the example index root: still the public example (search digests
+        // under it can be recomputed by anyone).
+        let text = EXAMPLE
+            .replace("example = true", "example = false")
+            .replace("NIQPheuChONN51ZCufgtmRJyEeRUXkq/QZ0PYO9FgF0=", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=");
+        assert!(Keyring::from_toml(&text).unwrap().is_example());
+        let text = text
+            .replace("J0CyEMy0mjSKTPlw+o67p8gGZFUCYwL8ahkhnYD5IUc=", "HyAhIiMkJSYnKCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4=");
+        assert!(!Keyring::from_toml(&text).unwrap().is_example());
+    }
 
     #[test]
     fn example_keys_are_recognised_by_fingerprint() {

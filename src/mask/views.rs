@@ -161,6 +161,47 @@ impl ViewPolicy {
         Ok(vp)
     }
 
+    /// The (role, field) pairs where a role may search a field by exact value while its views
+    /// mask or hide that field: each such search is an oracle that confirms a guess of what
+    /// the mask withholds, so these roles need a search budget (`searches_per_hour`) and the
+    /// miss alarm (`search_miss_alarm`). Sorted, for stable messages.
+    pub fn search_oracles(&self, catalogue: &Catalogue, policy: &Policy) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (role, views) in &self.roles {
+            if !policy.permits_action(role, crate::authz::Action::SearchCustomers) {
+                continue;
+            }
+            for spec in catalogue.fields().filter(|f| f.searchable) {
+                if views.get(&spec.name).view != View::Plain {
+                    out.push((role.clone(), spec.name.clone()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The start-up lint of search: without a search budget or without the miss alarm, no role
+    /// may search a field by exact value that its views mask or hide.
+    pub fn check_search_budget(
+        &self,
+        catalogue: &Catalogue,
+        policy: &Policy,
+        searches_per_hour: u32,
+        search_miss_alarm: u32,
+    ) -> Result<(), ViewError> {
+        if searches_per_hour > 0 && search_miss_alarm > 0 {
+            return Ok(());
+        }
+        match self.search_oracles(catalogue, policy).first() {
+            None => Ok(()),
+            Some((role, field)) => Err(ViewError::Invalid(format!(
+                "role {role} may search {field} by exact value while its views mask or hide it: \
+                 searches_per_hour and search_miss_alarm must be positive (each search is an oracle for the masked value)"
+            ))),
+        }
+    }
+
     /// Refuses views that one principal could combine to rebuild a masked value.
     fn check_combinations(&self, catalogue: &Catalogue, policy: &Policy) -> Result<(), ViewError> {
         let names: Vec<&String> = self.roles.keys().collect();
@@ -289,6 +330,21 @@ mod tests {
         assert_eq!(v.views_for(["admin"]).get("name").view, View::Hidden);
         assert!(v.may_reveal(["risk_officer"], "resident_id"));
         assert!(!v.may_reveal(["agent", "account_manager"], "resident_id"));
+    }
+
+    #[tokio::test]
+    async fn searching_masked_fields_needs_a_budget() {
+        let (catalogue, policy) = deps().await;
+        let v = ViewPolicy::builtin(&catalogue, &policy).unwrap();
+        let oracles = v.search_oracles(&catalogue, &policy);
+        assert!(oracles.contains(&("agent".into(), "mobile".into())), "{oracles:?}");
+        assert!(oracles.contains(&("account_manager".into(), "resident_id".into())), "{oracles:?}");
+        assert!(!oracles.contains(&("account_manager".into(), "mobile".into())), "plain to it: {oracles:?}");
+        assert!(v.check_search_budget(&catalogue, &policy, 200, 50).is_ok());
+        for (budget, alarm) in [(0, 50), (200, 0)] {
+            let err = v.check_search_budget(&catalogue, &policy, budget, alarm).unwrap_err().to_string();
+            assert!(err.contains("searches_per_hour"), "{err}");
+        }
     }
 
     #[tokio::test]

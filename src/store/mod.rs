@@ -350,6 +350,8 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_budgets(&self, before_bucket: i64) -> Result<(), StoreError>;
     /// Publishes this instance's bulk-guard counts (a count of 0 removes the row).
     async fn publish_guard_counts(&self, instance: &str, counts: &[(String, i64)], now: i64) -> Result<(), StoreError>;
+    /// Forgets every instance's count for `principal` (its alert was cleared).
+    async fn clear_guard_counts(&self, principal: &str) -> Result<(), StoreError>;
     /// The other instances' counts updated since `since`, summed per principal.
     async fn guard_counts_elsewhere(&self, instance: &str, since: i64) -> Result<Vec<(String, i64)>, StoreError>;
 

@@ -617,6 +617,12 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn clear_guard_counts(&self, principal: &str) -> Result<(), $crate::store::StoreError> {
+                let mut conn = self.write.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
+                sqlx::query("DELETE FROM guard_counts WHERE principal = $1").bind(principal).execute(&mut *conn).await?;
+                Ok(())
+            }
+
             async fn guard_counts_elsewhere(&self, instance: &str, since: i64) -> Result<Vec<(String, i64)>, $crate::store::StoreError> {
                 use sqlx::Row;
                 let mut conn = self.read.acquire().await.map_err($crate::store::StoreError::Unavailable)?;

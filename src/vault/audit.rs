@@ -104,7 +104,12 @@ impl Vault {
             return Err(VaultError::NotFound);
         }
         caller.audit.mark_recorded();
+        // Counting starts afresh: here at once, on the other instances when they see the alert
+        // cleared (their published counts are dropped now, so they are not added in meanwhile).
         self.guard.reset(&alert.principal);
+        if let Err(e) = self.store.clear_guard_counts(&alert.principal).await {
+            tracing::warn!(error = %e, "alert cleared; other instances' counts expire with their next exchange");
+        }
         if let Err(e) = self.authorizer().grants().reload().await {
             tracing::warn!(error = %e, "alert cleared; the poller will pick it up");
         }

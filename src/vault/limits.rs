@@ -8,12 +8,14 @@
 //! second and adds up the others', so a principal spread over several instances is counted as
 //! one (within a second).
 
+use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chrono::Utc;
 
 use crate::audit::guard::BulkGuard;
+use crate::authz::GrantCache;
 use crate::store::{Store, StoreError};
 
 /// Minutes summed for an hourly budget.
@@ -86,14 +88,22 @@ impl Budgets {
 }
 
 /// Exchanges the bulk guard's counts with the other instances every [`GUARD_SYNC`] until the
-/// guard is dropped.
-pub fn share_guard_counts(store: Arc<dyn Store>, guard: Weak<BulkGuard>, instance: String) {
+/// guard is dropped. A principal whose alert was cleared (on any instance: it left the blocked
+/// set of the authorization snapshot) starts counting afresh here too, before this instance
+/// publishes again.
+pub fn share_guard_counts(store: Arc<dyn Store>, guard: Weak<BulkGuard>, grants: Weak<GrantCache>, instance: String) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(GUARD_SYNC);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut blocked: HashSet<String> = HashSet::new();
         loop {
             tick.tick().await;
-            let Some(guard) = guard.upgrade() else { return };
+            let (Some(guard), Some(grants)) = (guard.upgrade(), grants.upgrade()) else { return };
+            let now_blocked: HashSet<String> = grants.snapshot().blocked().map(str::to_owned).collect();
+            for cleared in blocked.difference(&now_blocked) {
+                guard.reset(cleared);
+            }
+            blocked = now_blocked;
             let now = Utc::now().timestamp();
             let window = i64::try_from(guard.policy().window.as_secs()).unwrap_or(i64::MAX);
             let counts = guard.local_counts();

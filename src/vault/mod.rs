@@ -167,7 +167,12 @@ impl Vault {
         let grants = GrantCache::load(store.clone(), regions).await?;
         let guard = Arc::new(BulkGuard::new(options.guard));
         let budget_store = store.clone();
-        limits::share_guard_counts(store.clone(), Arc::downgrade(&guard), uuid::Uuid::now_v7().to_string());
+        limits::share_guard_counts(
+            store.clone(),
+            Arc::downgrade(&guard),
+            Arc::downgrade(&grants),
+            uuid::Uuid::now_v7().to_string(),
+        );
         Ok(Vault {
             creates: CreateQueue::start(store.clone()),
             reads: ReadQueue::start(store.clone()),
