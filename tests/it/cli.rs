@@ -125,6 +125,51 @@ async fn bootstrap_once(db: &Db) {
     }
     let again = custodia(&["admin", "bootstrap", "--database-url", &url, "--sub", "late-admin"]);
     assert!(!again.status.success());
+    // The audit line has a root of its own: the first security officer, at CN.
+    let wrong = custodia(&["admin", "bootstrap", "--database-url", &url, "--sub", "x", "--role", "agent"]);
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("--role must be admin or security_officer"));
+    let admin = outputs.iter().position(|o| o.status.success()).unwrap();
+    let clash = custodia(&[
+        "admin",
+        "bootstrap",
+        "--database-url",
+        &url,
+        "--sub",
+        &format!("first-admin-{admin}"),
+        "--role",
+        "security_officer",
+    ]);
+    assert!(!clash.status.success(), "an administrator may not also be the first auditor");
+    assert!(
+        String::from_utf8_lossy(&clash.stderr).contains("separation of duties"),
+        "{}",
+        String::from_utf8_lossy(&clash.stderr)
+    );
+    let so = custodia(&[
+        "admin",
+        "bootstrap",
+        "--database-url",
+        &url,
+        "--sub",
+        "first-officer",
+        "--role",
+        "security_officer",
+    ]);
+    assert!(so.status.success(), "{}", String::from_utf8_lossy(&so.stderr));
+    assert!(String::from_utf8_lossy(&so.stdout).contains("first-officer is security_officer at CN"));
+    let again = custodia(&[
+        "admin",
+        "bootstrap",
+        "--database-url",
+        &url,
+        "--sub",
+        "second-officer",
+        "--role",
+        "security_officer",
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already has a live bootstrap security officer"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,8 +14,16 @@ use uuid::Uuid;
 
 use crate::support::*;
 
-const ROLES: [&str; 8] =
-    ["agent", "account_manager", "marketing", "risk_officer", "crm_service", "admin", "local_admin", "security_officer"];
+const ROLES: [&str; 8] = [
+    "agent",
+    "account_manager",
+    "marketing",
+    "risk_officer",
+    "crm_service",
+    "admin",
+    "local_admin",
+    "security_officer",
+];
 const DSR: &str = "data_subject_request";
 
 /// The policy as this test expects it: role → action → purposes (empty: a non-data action).
@@ -55,7 +63,13 @@ fn model() -> HashMap<&'static str, HashMap<&'static str, Vec<&'static str>>> {
         ),
         (
             "admin",
-            &[("grant.create", &[]), ("grant.list", &[]), ("grant.revoke", &[]), ("principal.revoke_tokens", &[]), ("keys.manage", &[])],
+            &[
+                ("grant.create", &[]),
+                ("grant.list", &[]),
+                ("grant.revoke", &[]),
+                ("principal.revoke_tokens", &[]),
+                ("keys.manage", &[]),
+            ],
         ),
         ("local_admin", &[("grant.create", &[]), ("grant.list", &[]), ("grant.revoke", &[])]),
         (
@@ -89,7 +103,11 @@ enum State {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     /// One customer record by id in the path; the status when allowed.
-    Record { ok: u16, mutates: bool, lifts_restriction: bool },
+    Record {
+        ok: u16,
+        mutates: bool,
+        lifts_restriction: bool,
+    },
     Create,
     Search,
     BatchGet,
@@ -100,7 +118,9 @@ enum Kind {
     /// Key management: only an administrator at CN (the matrix's principals are at a province).
     Keys,
     /// Audit endpoints on nothing in particular.
-    Audit { ok: u16 },
+    Audit {
+        ok: u16,
+    },
 }
 
 /// The matrix row of a declared route: its model, or `None` (and the test fails).
@@ -196,7 +216,8 @@ impl Matrix<'_> {
 
     /// A grant the role could have made (so may revoke, when in scope): an hour long.
     async fn grant_target(&self, role: &str, in_scope: bool) -> Uuid {
-        let (target_role, by) = if role == "security_officer" { ("security_officer", ROOT_OFFICER) } else { ("agent", ROOT_ADMIN) };
+        let (target_role, by) =
+            if role == "security_officer" { ("security_officer", ROOT_OFFICER) } else { ("agent", ROOT_ADMIN) };
         let who = format!("target.{}", Uuid::new_v4().simple());
         self.h.grant_by(by, &who, target_role, city(in_scope), Utc::now() + chrono::Duration::hours(1)).await
     }
@@ -214,7 +235,8 @@ impl Matrix<'_> {
         context: &str,
     ) -> Value {
         let rid = format!("mx-{}", Uuid::new_v4().simple());
-        let mut req = self.h.client.request(method.clone(), self.h.url(&format!("/v1{path}"))).header("X-Request-Id", &rid);
+        let mut req =
+            self.h.client.request(method.clone(), self.h.url(&format!("/v1{path}"))).header("X-Request-Id", &rid);
         if let Some(w) = who {
             req = req.bearer_auth(mint(w));
         }
@@ -234,7 +256,10 @@ impl Matrix<'_> {
             assert_eq!(v, self.missing_body, "{context}: a 404 differs from a missing record's");
         }
         if status >= 400 && method != Method::HEAD {
-            assert!(!text.contains("1391") && !text.contains("欧阳") && !text.contains("11010519491231002X"), "{context}: leak {text}");
+            assert!(
+                !text.contains("1391") && !text.contains("欧阳") && !text.contains("11010519491231002X"),
+                "{context}: leak {text}"
+            );
         }
         self.cells.push(Cell { rid, method, path, action, status });
         v
@@ -261,7 +286,8 @@ async fn matrix(h: Harness) {
     for role in ROLES {
         h.grant(&format!("m.{role}"), role, "32").await;
     }
-    let missing: Value = h.get(&format!("/v1/customers/{}", Uuid::now_v7()), ALICE).send().await.unwrap().json().await.unwrap();
+    let missing: Value =
+        h.get(&format!("/v1/customers/{}", Uuid::now_v7()), ALICE).send().await.unwrap().json().await.unwrap();
     let mut m = Matrix { h: &h, shared: HashMap::new(), cells: Vec::new(), missing_body: missing, n: 0 };
     for in_scope in [true, false] {
         for state in [State::Active, State::Restricted, State::Erased] {
@@ -298,20 +324,44 @@ async fn matrix(h: Harness) {
                             match kind {
                                 Kind::Record { ok, mutates, lifts_restriction } => {
                                     let hidden = !in_scope || state == State::Erased;
-                                    let restricted = state == State::Restricted && !lifts_restriction && purpose != "legal_request";
-                                    let expected = if !permitted { 403 } else if hidden { 404 } else if restricted { 403 } else { ok };
+                                    let restricted =
+                                        state == State::Restricted && !lifts_restriction && purpose != "legal_request";
+                                    let expected = if !permitted {
+                                        403
+                                    } else if hidden {
+                                        404
+                                    } else if restricted {
+                                        403
+                                    } else {
+                                        ok
+                                    };
                                     let (id, _) = if mutates && expected < 300 {
                                         m.customer(in_scope, state).await
                                     } else {
                                         m.shared[&(in_scope, state)].clone()
                                     };
                                     let body = match route.path {
-                                        "/customers/{id}/reveal" => Some(json!({"fields": ["mobile"], "justification": "FRAUD-1"})),
-                                        "/customers/{id}" if route.method == Method::PATCH => Some(json!({"vip_level": 1})),
+                                        "/customers/{id}/reveal" => {
+                                            Some(json!({"fields": ["mobile"], "justification": "FRAUD-1"}))
+                                        }
+                                        "/customers/{id}" if route.method == Method::PATCH => {
+                                            Some(json!({"vip_level": 1}))
+                                        }
                                         _ => None,
                                     };
                                     let path = route.path.replace("{id}", &id.to_string());
-                                    let v = m.send(method.clone(), path, action, Some(&who), Some(purpose), body, expected, &ctx).await;
+                                    let v = m
+                                        .send(
+                                            method.clone(),
+                                            path,
+                                            action,
+                                            Some(&who),
+                                            Some(purpose),
+                                            body,
+                                            expected,
+                                            &ctx,
+                                        )
+                                        .await;
                                     if expected == 200 && method == Method::GET && route.path == "/customers/{id}" {
                                         assert_eq!(v["id"], id.to_string(), "{ctx}");
                                     }
@@ -320,8 +370,25 @@ async fn matrix(h: Harness) {
                                     if state != State::Active {
                                         continue;
                                     }
-                                    let expected = if !permitted { 403 } else if in_scope { 201 } else { 403 };
-                                    let v = m.send(method.clone(), route.path.into(), action, Some(&who), Some(purpose), Some(individual(city(in_scope))), expected, &ctx).await;
+                                    let expected = if !permitted {
+                                        403
+                                    } else if in_scope {
+                                        201
+                                    } else {
+                                        403
+                                    };
+                                    let v = m
+                                        .send(
+                                            method.clone(),
+                                            route.path.into(),
+                                            action,
+                                            Some(&who),
+                                            Some(purpose),
+                                            Some(individual(city(in_scope))),
+                                            expected,
+                                            &ctx,
+                                        )
+                                        .await;
                                     if expected == 403 && permitted {
                                         assert_eq!(v["code"], "region_out_of_scope", "{ctx}");
                                     }
@@ -334,13 +401,29 @@ async fn matrix(h: Harness) {
                                         json!({"ids": [id.to_string()]})
                                     };
                                     let expected = if permitted { 200 } else { 403 };
-                                    let v = m.send(method.clone(), route.path.into(), action, Some(&who), Some(purpose), Some(body), expected, &ctx).await;
+                                    let v = m
+                                        .send(
+                                            method.clone(),
+                                            route.path.into(),
+                                            action,
+                                            Some(&who),
+                                            Some(purpose),
+                                            Some(body),
+                                            expected,
+                                            &ctx,
+                                        )
+                                        .await;
                                     if expected == 200 {
-                                        let found = v["items"].as_array().unwrap().iter().any(|i| i["id"] == id.to_string());
+                                        let found =
+                                            v["items"].as_array().unwrap().iter().any(|i| i["id"] == id.to_string());
                                         let visible = in_scope && state == State::Active;
                                         assert_eq!(found, visible, "{ctx}: {v}");
                                         if kind == Kind::BatchGet {
-                                            assert_eq!(v["not_found"].as_array().unwrap().len(), usize::from(!visible), "{ctx}");
+                                            assert_eq!(
+                                                v["not_found"].as_array().unwrap().len(),
+                                                usize::from(!visible),
+                                                "{ctx}"
+                                            );
                                         }
                                     }
                                 }
@@ -348,25 +431,58 @@ async fn matrix(h: Harness) {
                                     if state != State::Active {
                                         continue;
                                     }
-                                    let target_role = if role == "security_officer" { "security_officer" } else { "agent" };
+                                    let target_role =
+                                        if role == "security_officer" { "security_officer" } else { "agent" };
                                     let body = json!({"principal": format!("new.{}", Uuid::new_v4().simple()), "role": target_role,
                                         "region": city(in_scope), "expires_at": (Utc::now() + chrono::Duration::hours(1)).to_rfc3339()});
-                                    let expected = if !permitted { 403 } else if in_scope { 201 } else { 403 };
-                                    m.send(method.clone(), route.path.into(), action, Some(&who), None, Some(body), expected, &ctx).await;
+                                    let expected = if !permitted {
+                                        403
+                                    } else if in_scope {
+                                        201
+                                    } else {
+                                        403
+                                    };
+                                    m.send(
+                                        method.clone(),
+                                        route.path.into(),
+                                        action,
+                                        Some(&who),
+                                        None,
+                                        Some(body),
+                                        expected,
+                                        &ctx,
+                                    )
+                                    .await;
                                 }
                                 Kind::GrantList => {
                                     if state != State::Active || !in_scope {
                                         continue;
                                     }
                                     let expected = if permitted { 200 } else { 403 };
-                                    m.send(method.clone(), route.path.into(), action, Some(&who), None, None, expected, &ctx).await;
+                                    m.send(
+                                        method.clone(),
+                                        route.path.into(),
+                                        action,
+                                        Some(&who),
+                                        None,
+                                        None,
+                                        expected,
+                                        &ctx,
+                                    )
+                                    .await;
                                 }
                                 Kind::GrantRevoke => {
                                     if state != State::Active {
                                         continue;
                                     }
                                     let target = m.grant_target(role, in_scope).await;
-                                    let expected = if !permitted { 403 } else if in_scope { 200 } else { 404 };
+                                    let expected = if !permitted {
+                                        403
+                                    } else if in_scope {
+                                        200
+                                    } else {
+                                        404
+                                    };
                                     let path = route.path.replace("{id}", &target.to_string());
                                     m.send(method.clone(), path, action, Some(&who), None, None, expected, &ctx).await;
                                 }
@@ -376,7 +492,13 @@ async fn matrix(h: Harness) {
                                     }
                                     let sub = format!("tok.{}", Uuid::new_v4().simple());
                                     h_grant(&h, &sub, "agent", city(in_scope)).await;
-                                    let expected = if !permitted { 403 } else if in_scope { 200 } else { 403 };
+                                    let expected = if !permitted {
+                                        403
+                                    } else if in_scope {
+                                        200
+                                    } else {
+                                        403
+                                    };
                                     let path = route.path.replace("{sub}", &sub);
                                     m.send(method.clone(), path, action, Some(&who), None, None, expected, &ctx).await;
                                 }
@@ -385,7 +507,17 @@ async fn matrix(h: Harness) {
                                         continue;
                                     }
                                     // Permitted or not, a province is not CN.
-                                    m.send(method.clone(), route.path.into(), action, Some(&who), None, None, 403, &ctx).await;
+                                    m.send(
+                                        method.clone(),
+                                        route.path.into(),
+                                        action,
+                                        Some(&who),
+                                        None,
+                                        None,
+                                        403,
+                                        &ctx,
+                                    )
+                                    .await;
                                 }
                                 Kind::Audit { ok } => {
                                     if state != State::Active || !in_scope {
@@ -454,3 +586,390 @@ async fn matrix_postgres() {
     let Some(db) = Db::postgres().await else { return };
     matrix(matrix_harness(db).await).await;
 }
+
+/// Runs `$test(h)` against SQLite and PostgreSQL, each vault configured by `$adjust`.
+macro_rules! both_with {
+    ($name:ident, $adjust:expr, $test:ident) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$test(Harness::start_with(Db::sqlite(), $adjust).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = Db::postgres().await else { return };
+                super::$test(Harness::start_with(db, $adjust).await).await;
+            }
+        }
+    };
+}
+
+/// Sends a request as `who` with `purpose`; returns (status, body text, parsed body).
+async fn call(
+    h: &Harness,
+    base: Option<&str>,
+    method: Method,
+    path: &str,
+    who: &str,
+    purpose: Option<&str>,
+    body: Option<Value>,
+) -> (u16, String, Value) {
+    let url = format!("{}{path}", base.unwrap_or(&h.base));
+    let mut req = h.client.request(method, url).bearer_auth(mint(who));
+    if let Some(p) = purpose {
+        req = req.header("X-Purpose", p);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (status, text, v)
+}
+
+fn customer_with_mobile(city: &str, mobile: &str) -> Value {
+    let mut c = individual(city);
+    c["fields"]["mobile"] = json!(mobile);
+    c
+}
+
+/// Item 2: every search is charged, hit or miss; past the budget, 429 and an alert that blocks
+/// the principal; misses past the alarm raise an alert too. (The attack: an agent who sees
+/// `139****4321` tried all 10,000 completions.)
+async fn searches_are_budgeted(h: Harness) {
+    let id = h.create(customer_with_mobile("3201", "13900004321")).await;
+    h.grant("guesser", "agent", "32").await;
+    h.grant("prober", "agent", "32").await;
+    h.grant("so.cn", "security_officer", "CN").await;
+    let search = |who: &'static str, mobile: String| {
+        let h = &h;
+        async move {
+            call(
+                h,
+                None,
+                Method::POST,
+                "/v1/customers/search",
+                who,
+                Some("customer_service"),
+                Some(json!({"match": {"mobile": mobile}})),
+            )
+            .await
+        }
+    };
+    // The budget (5 an hour here): hits count like misses.
+    for i in 0..5 {
+        let (s, _, v) = search("guesser", "13900004321".into()).await;
+        assert_eq!(s, 200, "search {i}");
+        assert_eq!(v["items"][0]["id"], id.to_string());
+    }
+    let (s, text, v) = search("guesser", "13900000000".into()).await;
+    assert_eq!(s, 429, "{text}");
+    assert_eq!(v["code"], "search_budget_exceeded");
+    assert!(!text.contains("13900000000"), "{text}");
+    // The alert blocks every data request of the principal until an officer clears it.
+    let (s, _, v) =
+        call(&h, None, Method::GET, &format!("/v1/customers/{id}"), "guesser", Some("customer_service"), None).await;
+    assert_eq!((s, v["code"].as_str()), (429, Some("bulk_access_blocked")));
+    let (_, _, alerts) = call(&h, None, Method::GET, "/v1/audit/alerts", "so.cn", None, None).await;
+    let alert = alerts.as_array().unwrap().iter().find(|a| a["principal"] == "guesser").cloned().unwrap();
+    assert_eq!(
+        (alert["kind"].as_str(), alert["status"].as_str(), alert["region"].as_str()),
+        (Some("search_budget"), Some("open"), Some("32"))
+    );
+    // Misses: the third miss within the hour (the alarm, here 3) raises an alert.
+    for i in 0..3 {
+        let (s, _, v) = search("prober", format!("1390000{i:04}")).await;
+        assert_eq!((s, v["items"].as_array().map(Vec::len)), (200, Some(0)), "miss {i}");
+    }
+    let (s, _, _) = search("prober", "13900004321".into()).await;
+    assert_eq!(s, 429, "the miss alarm blocks the prober");
+    let (_, _, alerts) = call(&h, None, Method::GET, "/v1/audit/alerts", "so.cn", None, None).await;
+    assert!(
+        alerts.as_array().unwrap().iter().any(|a| a["principal"] == "prober" && a["kind"] == "search_misses"),
+        "{alerts}"
+    );
+    // Each search left its event, with the term as a digest only.
+    let n =
+        h.scalar("SELECT count(*) FROM audit_events WHERE action = 'customer.search' AND principal = 'guesser'").await;
+    assert_eq!(n, 6);
+    assert!(!contains(&h.raw_dump().await, b"13900000000"));
+}
+
+both_with!(
+    search_budget,
+    |c| {
+        c.searches_per_hour = 5;
+        c.search_miss_alarm = 3;
+    },
+    searches_are_budgeted
+);
+
+/// Item 2: the start-up lint refuses to run without a search budget while roles may search
+/// fields their views mask or hide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_search_budget_no_start() {
+    for (budget, alarm) in [(0, 50), (200, 0)] {
+        let db = Db::sqlite();
+        let mut config = test_config(db.url());
+        config.searches_per_hour = budget;
+        config.search_miss_alarm = alarm;
+        let err = custodia::app::start(&config).await.err().expect("refused").to_string();
+        assert!(err.contains("searches_per_hour") && err.contains("may search"), "{err}");
+    }
+}
+
+/// Item 3: revoking is bounded exactly like granting (scope, role, expiry); a refused
+/// revocation cascades nothing.
+async fn revocation_is_bounded_like_granting(h: Harness) {
+    let hours = |n| Utc::now() + chrono::Duration::hours(n);
+    let id = h.create(individual("3201")).await;
+    h.grant_by(ROOT_ADMIN, "loc.admin", "local_admin", "32", hours(2)).await;
+    let prov = h.grant_by(ROOT_ADMIN, "prov.admin", "admin", "32", hours(4)).await;
+    let city = h.grant_by("prov.admin", "city.admin", "admin", "3201", hours(3)).await;
+    h.grant_by("city.admin", "nj.agent", "agent", "3201", hours(1)).await;
+    let so = h.grant_by(ROOT_OFFICER, "so.32", "security_officer", "32", hours(4)).await;
+    let short = h.grant_by("prov.admin", "agent.short", "agent", "3202", hours(1)).await;
+    let long = h.grant_by(ROOT_ADMIN, "agent.long", "agent", "3202", hours(72)).await;
+    let revoke = |who: &'static str, g: Uuid| {
+        let h = &h;
+        async move { call(h, None, Method::DELETE, &format!("/v1/grants/{g}"), who, None, None).await }
+    };
+    for (g, what) in [(prov, "an admin grant"), (city, "a delegated admin grant"), (so, "a security officer's grant")] {
+        let (s, text, v) = revoke("loc.admin", g).await;
+        assert_eq!((s, v["code"].as_str()), (403, Some("delegation_role_not_allowed")), "{what}: {text}");
+    }
+    // Nothing cascaded: the agent under the city admin still reads.
+    let (s, _, _) =
+        call(&h, None, Method::GET, &format!("/v1/customers/{id}"), "nj.agent", Some("customer_service"), None).await;
+    assert_eq!(s, 200);
+    // Within its role and expiry it may; beyond its own expiry it may not.
+    assert_eq!(revoke("loc.admin", short).await.0, 200);
+    let (s, _, v) = revoke("loc.admin", long).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("delegation_expiry_exceeded")));
+    // Outside its subtree a grant is as missing.
+    let gd = h.grant_by(ROOT_ADMIN, "gd.agent", "agent", "44", hours(1)).await;
+    assert_eq!(revoke("loc.admin", gd).await.0, 404);
+    // The audit line: an officer revokes officers in its subtree, nothing else.
+    let so_city = h.grant_by("so.32", "so.3201", "security_officer", "3201", hours(1)).await;
+    let (s, _, v) = revoke("so.32", gd).await;
+    assert_eq!(s, 404, "{v}");
+    let agent = h.grant_by(ROOT_ADMIN, "js.agent", "agent", "3201", hours(1)).await;
+    assert_eq!(revoke("so.32", agent).await.2["code"], "delegation_role_not_allowed");
+    assert_eq!(revoke("so.32", so_city).await.0, 200);
+}
+
+both_with!(bounded_revocation, |_| {}, revocation_is_bounded_like_granting);
+
+/// Item 4: an officer sees and acts on the events, alerts and principals of its subtree only.
+async fn officers_see_their_subtree(h: Harness) {
+    let js = h.create(individual("3201")).await;
+    let gd = h.create(individual("4401")).await;
+    h.grant("js.agent", "agent", "32").await;
+    h.grant("gd.agent", "agent", "44").await;
+    h.grant("so.32", "security_officer", "32").await;
+    h.grant("so.3201", "security_officer", "3201").await;
+    h.grant("so.cn", "security_officer", "CN").await;
+    let read = |who: &'static str, id: Uuid| {
+        let h = &h;
+        async move {
+            call(h, None, Method::GET, &format!("/v1/customers/{id}"), who, Some("customer_service"), None).await.0
+        }
+    };
+    assert_eq!(read("js.agent", js).await, 200);
+    assert_eq!(read("gd.agent", gd).await, 200);
+    // The bulk guard (threshold 2 here) raises an alert about the Guangdong agent.
+    let more: Vec<Uuid> = futures_join(&h, "4401", 2).await;
+    for id in &more {
+        read("gd.agent", *id).await;
+    }
+    let events = |who: &'static str, q: String| {
+        let h = &h;
+        async move { call(h, None, Method::GET, &format!("/v1/audit/events{q}"), who, None, None).await }
+    };
+    for officer in ["so.32", "so.3201"] {
+        let (s, _, v) = events(officer, format!("?customer={gd}")).await;
+        assert_eq!(s, 200);
+        assert_eq!(v["items"], json!([]), "{officer} sees events about a Guangdong customer: {v}");
+        let (_, _, v) = events(officer, String::new()).await;
+        let items = v["items"].as_array().unwrap();
+        assert!(!items.is_empty());
+        for e in items {
+            assert_ne!(e["principal"], "gd.agent", "{officer}: {e}");
+            let ours = |k: &str| e[k].as_str().is_some_and(|r| r.starts_with("32"));
+            assert!(ours("actor_region") || ours("subject_region"), "{officer}: {e}");
+        }
+        let (_, _, v) = events(officer, format!("?customer={js}")).await;
+        assert!(v["items"].as_array().unwrap().iter().any(|e| e["principal"] == "js.agent"), "{officer}: {v}");
+    }
+    let (_, _, v) = events("so.cn", format!("?customer={gd}")).await;
+    assert!(v["items"].as_array().unwrap().iter().any(|e| e["principal"] == "gd.agent"), "{v}");
+    // Alerts: listed and cleared only within the subtree.
+    let (_, _, all) = call(&h, None, Method::GET, "/v1/audit/alerts", "so.cn", None, None).await;
+    let alert = all.as_array().unwrap().iter().find(|a| a["principal"] == "gd.agent").cloned().expect("alert raised");
+    assert_eq!(alert["region"], "44");
+    let (_, _, mine) = call(&h, None, Method::GET, "/v1/audit/alerts", "so.32", None, None).await;
+    assert!(mine.as_array().unwrap().iter().all(|a| a["principal"] != "gd.agent"), "{mine}");
+    let clear = |who: &'static str| {
+        let h = &h;
+        let path = format!("/v1/audit/alerts/{}/clear", alert["id"].as_str().unwrap());
+        async move { call(h, None, Method::POST, &path, who, None, None).await.0 }
+    };
+    assert_eq!(clear("so.32").await, 404);
+    assert_eq!(read("gd.agent", gd).await, 429, "still blocked");
+    assert_eq!(clear("so.cn").await, 200);
+}
+
+/// Creates `n` customers in `city` and returns their ids.
+async fn futures_join(h: &Harness, city: &str, n: usize) -> Vec<Uuid> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(h.create(individual(city)).await);
+    }
+    out
+}
+
+both_with!(officer_scope, |c| c.audit.bulk_threshold = 2, officers_see_their_subtree);
+
+/// Item 5: separation of duties cannot be raced: two concurrent grants of roles of different
+/// duties to one principal, five times, and exactly one of each pair lands (the database
+/// refuses the other).
+async fn duties_cannot_be_raced(h: Harness) {
+    let expires = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    for i in 0..5 {
+        let who = format!("racer.{i}");
+        let grant = |role: &'static str| {
+            let body = json!({"principal": who.clone(), "role": role, "region": "32", "expires_at": expires.clone()});
+            let h = &h;
+            async move { call(h, None, Method::POST, "/v1/grants", ROOT_ADMIN, None, Some(body)).await }
+        };
+        let (a, b) = tokio::join!(grant("admin"), grant("risk_officer"));
+        let mut statuses = [a.0, b.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409], "try {i}: {} / {}", a.1, b.1);
+        let loser = if a.0 == 409 { &a.2 } else { &b.2 };
+        assert_eq!(loser["code"], "separation_of_duties");
+        let duties = h.scalar(&format!("SELECT count(DISTINCT duty) FROM grants WHERE principal = '{who}'")).await;
+        assert_eq!(duties, 1, "try {i}");
+    }
+}
+
+both_with!(duty_race, |_| {}, duties_cannot_be_raced);
+
+/// Item 6: the first security officer comes from `custodia admin bootstrap --role
+/// security_officer`, at CN; officers then appoint officers within their subtree.
+async fn auditors_are_appointed_along_their_line(h: Harness) {
+    let hours = |n| Utc::now() + chrono::Duration::hours(n);
+    h.grant_by(ROOT_OFFICER, "so.32", "security_officer", "32", hours(2)).await;
+    h.grant_by("so.32", "so.3201", "security_officer", "3201", hours(1)).await;
+    let body =
+        json!({"principal": "so.gd", "role": "security_officer", "region": "44", "expires_at": hours(1).to_rfc3339()});
+    let (s, _, v) = call(&h, None, Method::POST, "/v1/grants", "so.32", None, Some(body)).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("region_out_of_scope")));
+    let body = json!({"principal": "x.agent", "role": "agent", "region": "32", "expires_at": hours(1).to_rfc3339()});
+    let (s, _, v) = call(&h, None, Method::POST, "/v1/grants", "so.32", None, Some(body)).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("delegation_role_not_allowed")));
+    // An administrator, at any level, cannot.
+    let body =
+        json!({"principal": "x.so", "role": "security_officer", "region": "3201", "expires_at": hours(1).to_rfc3339()});
+    let (s, _, v) = call(&h, None, Method::POST, "/v1/grants", ROOT_ADMIN, None, Some(body)).await;
+    assert_eq!((s, v["code"].as_str()), (403, Some("delegation_role_not_allowed")));
+}
+
+both_with!(audit_line, |_| {}, auditors_are_appointed_along_their_line);
+
+/// Item 8: a batch-get records every id asked for and which were not disclosed, so probing
+/// for records leaves a trace (also in the probed customer's access log).
+async fn probing_leaves_a_trace(h: Harness) {
+    let js = h.create(individual("3201")).await;
+    let gd = h.create(individual("4401")).await;
+    let missing = Uuid::now_v7();
+    h.grant("crm.js", "crm_service", "32").await;
+    h.grant("so.cn", "security_officer", "CN").await;
+    let body = json!({"ids": [js.to_string(), gd.to_string(), missing.to_string()]});
+    let (s, _, v) =
+        call(&h, None, Method::POST, "/v1/customers/batch-get", "crm.js", Some("customer_service"), Some(body)).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    let (_, _, page) =
+        call(&h, None, Method::GET, "/v1/audit/events?action=customer.batch_get", "so.cn", None, None).await;
+    let e = &page["items"][0];
+    let ids: Vec<&str> = e["customer_ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
+    for id in [js, gd, missing] {
+        assert!(ids.contains(&id.to_string().as_str()), "{id} asked for but not recorded: {e}");
+    }
+    let mut undisclosed: Vec<String> =
+        e["not_disclosed"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_owned()).collect();
+    undisclosed.sort();
+    let mut expected = vec![gd.to_string(), missing.to_string()];
+    expected.sort();
+    assert_eq!(undisclosed, expected);
+    // The Guangdong customer's access log shows the probe, disclosing nothing.
+    let (s, _, log) =
+        call(&h, None, Method::GET, &format!("/v1/customers/{gd}/access-log"), ALICE, Some(DSR), None).await;
+    assert_eq!(s, 200);
+    let probe = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["principal"] == "crm.js")
+        .cloned()
+        .expect("probe in the log");
+    assert_eq!((probe["outcome"].as_str(), probe["fields"].clone()), (Some("not_found"), json!([])));
+    // The chain covers it.
+    let (_, _, report) = call(&h, None, Method::GET, "/v1/audit/verify", "so.cn", None, None).await;
+    assert_eq!(report["ok"], true, "{report}");
+}
+
+both_with!(batch_probe, |_| {}, probing_leaves_a_trace);
+
+/// Items 10a and 10b: an update's event names the fields changed; a re-index that read a
+/// record before an update cannot put the previous value's digest back.
+async fn updates_name_fields_and_reindex_cannot_race(h: Harness) {
+    let id = h.create(individual("3201")).await;
+    let r = h
+        .patch(&format!("/v1/customers/{id}"), ALICE, 1, &json!({"fields": {"mobile": "13900001111", "email": null}}))
+        .header("X-Request-Id", "upd-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rows = h.audit_rows("upd-1").await;
+    assert_eq!(rows.len(), 1);
+    let fields: Vec<(String, String)> = serde_json::from_str(&rows[0].4).unwrap();
+    assert!(
+        fields.contains(&("mobile".into(), "changed".into())) && fields.contains(&("email".into(), "changed".into())),
+        "{fields:?}"
+    );
+    assert!(!rows[0].4.contains("13900001111"));
+    // A re-index working from version 1 (read before the update) is refused.
+    let before =
+        h.scalar(&format!("SELECT count(*) FROM blind_index WHERE customer_id = {}", id_literal(&h.db, id))).await;
+    let stale = custodia::store::IndexEntry { field: "mobile".into(), digest: vec![7; 32], key_version: 1 };
+    let store = h.vault().store();
+    assert!(!store.replace_index(id, 1, std::slice::from_ref(&stale)).await.unwrap());
+    let after =
+        h.scalar(&format!("SELECT count(*) FROM blind_index WHERE customer_id = {}", id_literal(&h.db, id))).await;
+    assert_eq!(before, after);
+    let planted = h.scalar("SELECT count(*) FROM blind_index WHERE digest = x'0707070707070707070707070707070707070707070707070707070707070707'").await;
+    assert_eq!(planted, 0);
+    let (_, _, v) = call(
+        &h,
+        None,
+        Method::POST,
+        "/v1/customers/search",
+        ALICE,
+        Some("customer_service"),
+        Some(json!({"match": {"mobile": "13812345678"}})),
+    )
+    .await;
+    assert_eq!(v["items"], json!([]), "the previous value's digest is gone");
+    assert!(store.replace_index(id, 2, &[]).await.unwrap(), "at the current version it applies");
+}
+
+both_with!(update_audit_and_reindex, |_| {}, updates_name_fields_and_reindex_cannot_race);

@@ -155,13 +155,6 @@ on_both! {
     }
 }
 
-fn id_literal(db: &Db, id: Uuid) -> String {
-    match db {
-        Db::Sqlite { .. } => format!("X'{}'", hex(id.as_bytes())),
-        Db::Postgres { .. } => format!("'{id}'"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_run_erases_closed_customers_past_the_period() {
     let h = Harness::start_with(Db::sqlite(), |c| {

@@ -160,7 +160,14 @@ impl Harness {
 
     /// Starts another vault instance on the same database.
     pub async fn another_instance(&self) -> custodia::app::RunningServer {
-        custodia::app::start(&test_config(self.db.url())).await.expect("second instance starts")
+        self.another_instance_with(|_| {}).await
+    }
+
+    /// Starts another vault instance on the same database, its configuration adjusted.
+    pub async fn another_instance_with(&self, adjust: impl FnOnce(&mut Config)) -> custodia::app::RunningServer {
+        let mut config = test_config(self.db.url());
+        adjust(&mut config);
+        custodia::app::start(&config).await.expect("second instance starts")
     }
 
     /// Grants `role` at `region` to `principal` for a day, as the bootstrap administrator (or,
@@ -493,4 +500,12 @@ macro_rules! on_both {
             }
         )*
     };
+}
+
+/// A customer id as a SQL literal of the harness's database.
+pub fn id_literal(db: &Db, id: Uuid) -> String {
+    match db {
+        Db::Sqlite { .. } => format!("x'{}'", id.simple()),
+        Db::Postgres { .. } => format!("'{id}'"),
+    }
 }
