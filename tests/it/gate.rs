@@ -26,18 +26,21 @@ const ROLES: [&str; 8] = [
 ];
 const DSR: &str = "data_subject_request";
 
+/// A role and its (action, purposes) lines.
+type RoleLines = (&'static str, &'static [(&'static str, &'static [&'static str])]);
+
 /// The policy as this test expects it: role → action → purposes (empty: a non-data action).
 fn model() -> HashMap<&'static str, HashMap<&'static str, Vec<&'static str>>> {
-    let cs = "customer_service";
-    let table: [(&str, &[(&str, &[&str])]); 8] = [
-        ("agent", &[("customer.read", &[cs]), ("customer.search", &[cs])]),
+    const CS: &str = "customer_service";
+    const TABLE: [RoleLines; 8] = [
+        ("agent", &[("customer.read", &[CS]), ("customer.search", &[CS])]),
         (
             "account_manager",
             &[
-                ("customer.create", &[cs, "account_management"]),
-                ("customer.read", &[cs, "account_management", "billing", DSR]),
-                ("customer.update", &[cs, "account_management", DSR]),
-                ("customer.search", &[cs, "account_management"]),
+                ("customer.create", &[CS, "account_management"]),
+                ("customer.read", &[CS, "account_management", "billing", DSR]),
+                ("customer.update", &[CS, "account_management", DSR]),
+                ("customer.search", &[CS, "account_management"]),
                 ("customer.access_log", &[DSR]),
                 ("customer.export", &[DSR]),
                 ("customer.erase", &[DSR]),
@@ -56,9 +59,9 @@ fn model() -> HashMap<&'static str, HashMap<&'static str, Vec<&'static str>>> {
         (
             "crm_service",
             &[
-                ("customer.read", &[cs, "billing"]),
-                ("customer.batch_get", &[cs, "billing"]),
-                ("customer.search", &[cs, "billing"]),
+                ("customer.read", &[CS, "billing"]),
+                ("customer.batch_get", &[CS, "billing"]),
+                ("customer.search", &[CS, "billing"]),
             ],
         ),
         (
@@ -84,7 +87,7 @@ fn model() -> HashMap<&'static str, HashMap<&'static str, Vec<&'static str>>> {
             ],
         ),
     ];
-    table.iter().map(|(r, acts)| (*r, acts.iter().map(|(a, p)| (*a, p.to_vec())).collect())).collect()
+    TABLE.iter().map(|(r, acts)| (*r, acts.iter().map(|(a, p)| (*a, p.to_vec())).collect())).collect()
 }
 
 /// A purpose none of the role's lines allow for `action` (a data action), if there is one.
@@ -956,7 +959,11 @@ async fn updates_name_fields_and_reindex_cannot_race(h: Harness) {
     let after =
         h.scalar(&format!("SELECT count(*) FROM blind_index WHERE customer_id = {}", id_literal(&h.db, id))).await;
     assert_eq!(before, after);
-    let planted = h.scalar("SELECT count(*) FROM blind_index WHERE digest = x'0707070707070707070707070707070707070707070707070707070707070707'").await;
+    let digest = match h.db {
+        Db::Sqlite { .. } => format!("x'{}'", "07".repeat(32)),
+        Db::Postgres { .. } => format!("'\\x{}'::bytea", "07".repeat(32)),
+    };
+    let planted = h.scalar(&format!("SELECT count(*) FROM blind_index WHERE digest = {digest}")).await;
     assert_eq!(planted, 0);
     let (_, _, v) = call(
         &h,
@@ -973,3 +980,183 @@ async fn updates_name_fields_and_reindex_cannot_race(h: Harness) {
 }
 
 both_with!(update_audit_and_reindex, |_| {}, updates_name_fields_and_reindex_cannot_race);
+
+/// Item 11: the reveal budget, the search budget and the bulk guard hold across instances
+/// sharing the database (a principal spreading its requests gets no more than on one).
+async fn limits_hold_across_instances(h: Harness) {
+    let adjust = |c: &mut custodia::config::Config| {
+        c.reveals_per_hour = 3;
+        c.searches_per_hour = 3;
+        c.audit.bulk_threshold = 4;
+    };
+    let ids: Vec<Uuid> = futures_join(&h, "3201", 6).await;
+    h.create(customer_with_mobile("3201", "13900007777")).await;
+    h.grant("ro", "risk_officer", "32").await;
+    h.grant("ag", "agent", "32").await;
+    h.grant("reader", "agent", "32").await;
+    // Started after the grants, so that it loads them at once.
+    let other = h.another_instance_with(adjust).await;
+    let b = format!("http://{}", other.addr);
+    let reveal = |base: Option<String>, id: Uuid| {
+        let h = &h;
+        async move {
+            let body = json!({"fields": ["mobile"], "justification": "FRAUD-11"});
+            call(
+                h,
+                base.as_deref(),
+                Method::POST,
+                &format!("/v1/customers/{id}/reveal"),
+                "ro",
+                Some("fraud_investigation"),
+                Some(body),
+            )
+            .await
+        }
+    };
+    assert_eq!(reveal(None, ids[0]).await.0, 200);
+    assert_eq!(reveal(Some(b.clone()), ids[0]).await.0, 200);
+    assert_eq!(reveal(None, ids[0]).await.0, 200);
+    let (s, text, _) = reveal(Some(b.clone()), ids[0]).await;
+    assert_eq!(s, 429, "the fourth reveal, on the other instance: {text}");
+    assert!(!text.contains("13812345678"));
+    let search = |base: Option<String>| {
+        let h = &h;
+        async move {
+            call(
+                h,
+                base.as_deref(),
+                Method::POST,
+                "/v1/customers/search",
+                "ag",
+                Some("customer_service"),
+                Some(json!({"match": {"mobile": "13900007777"}})),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(search(None).await, 200);
+    assert_eq!(search(Some(b.clone())).await, 200);
+    assert_eq!(search(None).await, 200);
+    assert_eq!(search(Some(b.clone())).await, 429, "the fourth search, on the other instance");
+    // The bulk guard: two customers here, then (once the counts were exchanged) three there.
+    let read = |base: Option<String>, id: Uuid| {
+        let h = &h;
+        async move {
+            call(
+                h,
+                base.as_deref(),
+                Method::GET,
+                &format!("/v1/customers/{id}"),
+                "reader",
+                Some("customer_service"),
+                None,
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(read(None, ids[0]).await, 200);
+    assert_eq!(read(None, ids[1]).await, 200);
+    tokio::time::sleep(custodia::vault::limits::GUARD_SYNC * 3).await;
+    assert_eq!(read(Some(b.clone()), ids[2]).await, 200);
+    assert_eq!(read(Some(b.clone()), ids[3]).await, 200);
+    assert_eq!(
+        read(Some(b.clone()), ids[4]).await,
+        429,
+        "a fifth distinct customer across both instances passes the threshold of 4"
+    );
+    other.stop().await.unwrap();
+}
+
+both_with!(
+    limits_across_instances,
+    |c| {
+        c.reveals_per_hour = 3;
+        c.searches_per_hour = 3;
+        c.audit.bulk_threshold = 4;
+    },
+    limits_hold_across_instances
+);
+
+/// Item 12: `X-Forwarded-For` is believed only from a trusted proxy, and then the audit
+/// records both hops (chained).
+async fn forwarded_clients_from_trusted_proxies(h: Harness) {
+    let id = h.create(individual("3201")).await;
+    h.grant("so.cn", "security_officer", "CN").await;
+    for rid in ["fwd-1", "fwd-2"] {
+        let r = h
+            .get(&format!("/v1/customers/{id}"), ALICE)
+            .header("X-Request-Id", rid)
+            .header("X-Forwarded-For", "198.51.100.66, 203.0.113.7")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let (_, _, page) = call(&h, None, Method::GET, "/v1/audit/events?action=customer.read", "so.cn", None, None).await;
+    let e = page["items"].as_array().unwrap().iter().find(|e| e["request_id"] == "fwd-1").cloned().unwrap();
+    // Only the hop the trusted proxy saw; what the client wrote further left proves nothing.
+    assert_eq!((e["client"].as_str(), e["proxy"].as_str()), (Some("203.0.113.7"), Some("127.0.0.1")));
+    let (_, _, report) = call(&h, None, Method::GET, "/v1/audit/verify", "so.cn", None, None).await;
+    assert_eq!(report["ok"], true, "{report}");
+    // A vault that trusts no proxy records the peer, whatever the header says.
+    let plain = h.another_instance().await;
+    let r = h
+        .client
+        .get(format!("http://{}/v1/customers/{id}", plain.addr))
+        .bearer_auth(mint(ALICE))
+        .header("X-Purpose", "customer_service")
+        .header("X-Request-Id", "fwd-3")
+        .header("X-Forwarded-For", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, _, page) = call(&h, None, Method::GET, "/v1/audit/events?action=customer.read", "so.cn", None, None).await;
+    let e = page["items"].as_array().unwrap().iter().find(|e| e["request_id"] == "fwd-3").cloned().unwrap();
+    assert_eq!((e["client"].as_str(), e["proxy"].clone()), (Some("127.0.0.1"), Value::Null));
+    plain.stop().await.unwrap();
+}
+
+both_with!(trusted_proxies, |c| c.trusted_proxies = vec!["127.0.0.0/8".into()], forwarded_clients_from_trusted_proxies);
+
+/// Item 10c: an NDJSON export whose page fails mid-stream does not end like a complete one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_export_is_visibly_incomplete() {
+    let h = Harness::start(Db::sqlite()).await;
+    h.grant("so.cn", "security_officer", "CN").await;
+    // 1,100 events (the export reads pages of 1,000), one of them unreadable past the first page.
+    h.sql_as_owner(&[
+        "WITH RECURSIVE n(i) AS (SELECT 100 UNION ALL SELECT i + 1 FROM n WHERE i < 1200) \
+         INSERT INTO audit_events (seq, time, request_id, action, customer_ids, fields, outcome, status, chain_hash) \
+         SELECT i, '2026-01-01T00:00:00+00:00', 'bulk-' || i, 'customer.read', '[]', '[]', 'allowed', 200, x'00' FROM n",
+        "UPDATE audit_events SET time = 'not a time' WHERE seq = 1150",
+    ])
+    .await;
+    // A connection of its own (not one the pool kept from before the tampering).
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let r = client
+        .get(h.url("/v1/audit/events"))
+        .bearer_auth(mint("so.cn"))
+        .header("Accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await;
+    assert!(body.is_err(), "the export ended like a complete one ({} bytes)", body.map(|b| b.len()).unwrap_or(0));
+    // Untampered, the same export completes.
+    let h2 = Harness::start(Db::sqlite()).await;
+    h2.grant("so.cn", "security_officer", "CN").await;
+    let r = h2
+        .client
+        .get(h2.url("/v1/audit/events"))
+        .bearer_auth(mint("so.cn"))
+        .header("Accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(text.lines().count() >= 3 && text.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "{text}");
+}
