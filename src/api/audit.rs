@@ -213,18 +213,32 @@ pub async fn events(
     let mut first = query.clone();
     first.limit = crate::vault::audit_max_page();
     let page = state.vault.audit_events(&caller, first).await?;
-    // A page that fails mid-stream ends the body with an error: the connection is closed
-    // without the chunked terminator, so no client can take a truncated export for a complete
-    // one (and nothing is appended that a parser could mistake for an event).
+    // Each page is sent before the next is read. A page that fails mid-stream ends the body
+    // with an error: the connection is closed without the chunked terminator, so no client can
+    // take a truncated export for a complete one (and nothing is appended that a parser could
+    // mistake for an event).
+    enum Next {
+        Page(crate::vault::AuditPage),
+        After(i64),
+        Done,
+    }
     let stream = futures::stream::unfold(
-        (Some(Ok(page)), state.vault.clone(), caller, query),
-        |(page, vault, caller, mut query)| async move {
-            let page = match page? {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::error!(error = %e, "audit export failed mid-stream: ended incomplete");
-                    let failed = Err(std::io::Error::other("audit export failed"));
-                    return Some((failed, (None, vault, caller, query)));
+        (Next::Page(page), state.vault.clone(), caller, query),
+        |(next, vault, caller, mut query)| async move {
+            let page = match next {
+                Next::Done => return None,
+                Next::Page(page) => page,
+                Next::After(cursor) => {
+                    query.after_seq = cursor;
+                    query.limit = crate::vault::audit_max_page();
+                    match vault.audit_events(&caller, query.clone()).await {
+                        Ok(page) => page,
+                        Err(e) => {
+                            tracing::error!(error = %e, "audit export failed mid-stream: ended incomplete");
+                            let failed = Err(std::io::Error::other("audit export failed"));
+                            return Some((failed, (Next::Done, vault, caller, query)));
+                        }
+                    }
                 }
             };
             let mut chunk = Vec::new();
@@ -234,14 +248,7 @@ pub async fn events(
                     chunk.push(b'\n');
                 }
             }
-            let next = match page.next_cursor {
-                Some(c) => {
-                    query.after_seq = c;
-                    query.limit = crate::vault::audit_max_page();
-                    Some(vault.audit_events(&caller, query.clone()).await)
-                }
-                None => None,
-            };
+            let next = page.next_cursor.map_or(Next::Done, Next::After);
             Some((Ok::<_, std::io::Error>(chunk), (next, vault, caller, query)))
         },
     );
