@@ -258,3 +258,19 @@ impl RetentionConfig {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_example_file_parses_and_states_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("custodia.example.toml");
+        let c = super::Config::load(Some(&path)).unwrap();
+        let d = super::Config::default();
+        assert_eq!(
+            (c.reveals_per_hour, c.searches_per_hour, c.search_miss_alarm, c.trusted_proxies.len()),
+            (d.reveals_per_hour, d.searches_per_hour, d.search_miss_alarm, 0)
+        );
+        let bad = super::Config { trusted_proxies: vec!["10.0.0.0/99".into()], ..super::Config::default() };
+        assert!(bad.check().is_err());
+    }
+}

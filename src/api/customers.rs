@@ -237,8 +237,9 @@ pub async fn create(
     responses(
         (status = 200, description = "The customer, masked per the caller's views", body = Customer, headers(("ETag" = String))),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No grant permits this action for this purpose (or region)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No grant permits this action for this purpose; the customer is restricted (customer_restricted); or a field the caller's views hide was asked for by name (field_not_visible)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer in the caller's scope", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Blocked by a security alert until an officer clears it", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Integrity failure", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -270,6 +271,7 @@ fn no_store() -> [(header::HeaderName, HeaderValue); 1] {
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No grant permits search for this purpose", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A match value or filter is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The principal's search budget is spent (search_budget_exceeded: a security alert was raised), or it is blocked by an alert (bulk_access_blocked)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -310,7 +312,8 @@ pub async fn search(
         (status = 200, description = "Customers found in scope, masked per view; the rest in not_found", body = BatchGetResponse),
         (status = 400, description = "Malformed body or ids", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "No grant permits batch fetch for this purpose", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No grant permits batch fetch for this purpose, or a field the caller's views hide was asked for by name (field_not_visible)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Blocked by a security alert (bulk access)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "No ids, more than 100, or unknown fields", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -340,7 +343,7 @@ pub async fn batch_get(
     responses(
         (status = 200, description = "Plaintext of the requested fields", body = Revealed),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not permitted to reveal (these fields, for this purpose)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not permitted to reveal (these fields, for this purpose), or the customer is restricted and the purpose is not legal_request (customer_restricted)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer in the caller's scope", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Missing or malformed justification, unknown fields", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Reveal limit reached", body = Problem, content_type = "application/problem+json"),

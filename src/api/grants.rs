@@ -109,7 +109,7 @@ const FORBIDDEN: &str = "Not permitted: no grant, or delegation outside scope, r
         (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = FORBIDDEN, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Separation of duties", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Separation of duties: the grantee holds grants of another duty (enforced by the database too)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -165,7 +165,7 @@ pub async fn list(
     responses(
         (status = 200, description = "Revoked", body = Grant),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not a grant manager", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not a grant manager, or a grant the caller could not have made: a role its grant may not hand out (delegation_role_not_allowed) or lasting beyond it (delegation_expiry_exceeded); nothing is revoked", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such grant in the caller's scope", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -186,7 +186,7 @@ pub async fn revoke(
     responses(
         (status = 200, description = "Revoked", body = TokensRevoked),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not permitted, or the principal holds grants outside the caller's scope", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not permitted, or the principal holds grants outside the caller's scope or of a role the caller may not hand out", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not a valid principal name", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
