@@ -10,16 +10,6 @@ use uuid::Uuid;
 
 use crate::support::*;
 
-const ROLES: [&str; 8] = [
-    "agent",
-    "account_manager",
-    "marketing",
-    "risk_officer",
-    "crm_service",
-    "admin",
-    "local_admin",
-    "security_officer",
-];
 const SCOPES: [&str; 3] = ["CN", "32", "3201"];
 const CITIES: [&str; 3] = ["3201", "3202", "4401"];
 

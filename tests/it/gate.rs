@@ -14,16 +14,6 @@ use uuid::Uuid;
 
 use crate::support::*;
 
-const ROLES: [&str; 8] = [
-    "agent",
-    "account_manager",
-    "marketing",
-    "risk_officer",
-    "crm_service",
-    "admin",
-    "local_admin",
-    "security_officer",
-];
 const DSR: &str = "data_subject_request";
 
 /// A role and its (action, purposes) lines.
@@ -540,42 +530,13 @@ async fn matrix(h: Harness) {
     // Every request left exactly one event, under its route's declared action (HEAD as GET),
     // with the status it answered.
     let mut events: HashMap<String, Vec<(String, i64)>> = HashMap::new();
-    for (rid, action, status) in audit_by_prefix(&h, "mx-").await {
+    for (rid, action, _, status, ..) in h.audit_rows_prefixed("mx-").await {
         events.entry(rid).or_default().push((action, status));
     }
     assert!(m.cells.len() > 900, "the matrix ran {} cells", m.cells.len());
     for c in &m.cells {
         let got = events.get(&c.rid).cloned().unwrap_or_default();
         assert_eq!(got, vec![(c.action.to_owned(), i64::from(c.status))], "{} /v1{}: audit", c.method, c.path);
-    }
-}
-
-/// (request id, action, status) of every event whose request id starts with `prefix`.
-async fn audit_by_prefix(h: &Harness, prefix: &str) -> Vec<(String, String, i64)> {
-    use sqlx::{Connection, Row};
-    let sql = "SELECT request_id, action, status FROM audit_events WHERE request_id LIKE $1";
-    let pattern = format!("{prefix}%");
-    macro_rules! fetch {
-        ($c:expr) => {
-            sqlx::query(sql)
-                .bind(&pattern)
-                .fetch_all(&mut $c)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| (r.get(0), r.get(1), i64::from(r.get::<i32, _>(2))))
-                .collect()
-        };
-    }
-    match &h.db {
-        Db::Sqlite { path, .. } => {
-            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-            fetch!(c)
-        }
-        Db::Postgres { url, .. } => {
-            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-            fetch!(c)
-        }
     }
 }
 
@@ -1084,16 +1045,23 @@ both_with!(
 async fn forwarded_clients_from_trusted_proxies(h: Harness) {
     let id = h.create(individual("3201")).await;
     h.grant("so.cn", "security_officer", "CN").await;
-    for rid in ["fwd-1", "fwd-2"] {
-        let r = h
-            .get(&format!("/v1/customers/{id}"), ALICE)
-            .header("X-Request-Id", rid)
-            .header("X-Forwarded-For", "198.51.100.66, 203.0.113.7")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
+    let read_via = |base: String, rid: &'static str, forwarded: &'static str| {
+        let h = &h;
+        async move {
+            let r = h
+                .client
+                .get(format!("{base}/v1/customers/{id}"))
+                .bearer_auth(mint(ALICE))
+                .header("X-Purpose", "customer_service")
+                .header("X-Request-Id", rid)
+                .header("X-Forwarded-For", forwarded)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    read_via(h.base.clone(), "fwd-1", "198.51.100.66, 203.0.113.7").await;
     let (_, _, page) = call(&h, None, Method::GET, "/v1/audit/events?action=customer.read", "so.cn", None, None).await;
     let e = page["items"].as_array().unwrap().iter().find(|e| e["request_id"] == "fwd-1").cloned().unwrap();
     // Only the hop the trusted proxy saw; what the client wrote further left proves nothing.
@@ -1102,17 +1070,7 @@ async fn forwarded_clients_from_trusted_proxies(h: Harness) {
     assert_eq!(report["ok"], true, "{report}");
     // A vault that trusts no proxy records the peer, whatever the header says.
     let plain = h.another_instance().await;
-    let r = h
-        .client
-        .get(format!("http://{}/v1/customers/{id}", plain.addr))
-        .bearer_auth(mint(ALICE))
-        .header("X-Purpose", "customer_service")
-        .header("X-Request-Id", "fwd-3")
-        .header("X-Forwarded-For", "203.0.113.7")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    read_via(format!("http://{}", plain.addr), "fwd-3", "203.0.113.7").await;
     let (_, _, page) = call(&h, None, Method::GET, "/v1/audit/events?action=customer.read", "so.cn", None, None).await;
     let e = page["items"].as_array().unwrap().iter().find(|e| e["request_id"] == "fwd-3").cloned().unwrap();
     assert_eq!((e["client"].as_str(), e["proxy"].clone()), (Some("127.0.0.1"), Value::Null));

@@ -261,18 +261,32 @@ impl Harness {
 
     /// The audit rows of one request: (action, outcome, status, principal, fields).
     pub async fn audit_rows(&self, request_id: &str) -> Vec<(String, String, i64, Option<String>, String)> {
+        self.audit_rows_where("request_id = $1", request_id)
+            .await
+            .into_iter()
+            .map(|(_, a, o, s, p, f)| (a, o, s, p, f))
+            .collect()
+    }
+
+    /// The audit rows whose request id starts with `prefix`, with their request ids.
+    pub async fn audit_rows_prefixed(&self, prefix: &str) -> Vec<AuditRow> {
+        self.audit_rows_where("substr(request_id, 1, length($1)) = $1", prefix).await
+    }
+
+    async fn audit_rows_where(&self, condition: &str, value: &str) -> Vec<AuditRow> {
         use sqlx::{Connection, Row};
-        let sql =
-            "SELECT action, outcome, status, principal, fields FROM audit_events WHERE request_id = $1 ORDER BY seq";
+        let sql = format!(
+            "SELECT request_id, action, outcome, status, principal, fields FROM audit_events WHERE {condition} ORDER BY seq"
+        );
         macro_rules! fetch {
             ($c:expr) => {
-                sqlx::query(sql)
-                    .bind(request_id)
+                sqlx::query(&sql)
+                    .bind(value)
                     .fetch_all(&mut $c)
                     .await
                     .unwrap()
                     .iter()
-                    .map(|r| (r.get(0), r.get(1), i64::from(r.get::<i32, _>(2)), r.get(3), r.get(4)))
+                    .map(|r| (r.get(0), r.get(1), r.get(2), i64::from(r.get::<i32, _>(3)), r.get(4), r.get(5)))
                     .collect()
             };
         }
@@ -393,6 +407,21 @@ impl Harness {
         }
     }
 }
+
+/// An audit row: (request id, action, outcome, status, principal, fields).
+pub type AuditRow = (String, String, String, i64, Option<String>, String);
+
+/// Every role of `policies/roles.toml`.
+pub const ROLES: [&str; 8] = [
+    "agent",
+    "account_manager",
+    "marketing",
+    "risk_officer",
+    "crm_service",
+    "admin",
+    "local_admin",
+    "security_officer",
+];
 
 /// A raw SQL parameter.
 pub enum Bind {
