@@ -26,13 +26,45 @@ use crate::vault::Caller;
 
 /// Stamps the route's declared action on the request: on its audit event, and in the
 /// extensions where the `Caller` extractor takes it for the gate. Runs for `HEAD` too, so a
-/// `HEAD` of a `GET` route is decided and audited as that `GET`.
-pub async fn declare(State(action): State<Action>, mut req: Request, next: Next) -> Response {
-    if let Some(handle) = req.extensions().get::<AuditHandle>() {
-        handle.set_action(action.as_str());
+/// `HEAD` of a `GET` route is decided and audited as that `GET`. A plain layer (no boxed
+/// future): it runs on every request.
+#[derive(Clone, Copy, Debug)]
+pub struct Declare(pub Action);
+
+impl<S> tower::Layer<S> for Declare {
+    type Service = Declared<S>;
+
+    fn layer(&self, inner: S) -> Declared<S> {
+        Declared { inner, action: self.0 }
     }
-    req.extensions_mut().insert(super::DeclaredAction(action));
-    next.run(req).await
+}
+
+/// The service of [`Declare`].
+#[derive(Clone, Debug)]
+pub struct Declared<S> {
+    inner: S,
+    action: Action,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Declared<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if let Some(handle) = req.extensions().get::<AuditHandle>() {
+            handle.set_action(self.action.as_str());
+        }
+        req.extensions_mut().insert(super::DeclaredAction(self.action));
+        self.inner.call(req)
+    }
 }
 
 /// A user agent kept for the audit: printable ASCII, at most 256 characters.
@@ -45,8 +77,8 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
 /// response leaves. When the event cannot be committed the caller gets 503 and nothing else.
 pub async fn record(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
-    // Until a route declares its action (unmatched paths and methods keep this one).
-    let mut event = AuditEvent::now(request_id, "unknown");
+    // The action stays empty until a route declares one (an unrouted request closes as `unknown`).
+    let mut event = AuditEvent::now(request_id, "");
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     (event.client, event.proxy) = super::proxy::client_of(peer, req.headers(), &state.trusted_proxies);
     event.user_agent = user_agent(req.headers());
@@ -56,7 +88,7 @@ pub async fn record(State(state): State<AppState>, mut req: Request, next: Next)
     if handle.is_recorded() {
         return response;
     }
-    match state.audit.append(handle.closed(response.status().as_u16())).await {
+    match state.audit.append(handle.take_closed(response.status().as_u16())).await {
         Ok(_) => response,
         Err(e) => {
             tracing::error!(error = %e, "audit event not committed: response withheld");

@@ -117,8 +117,7 @@ impl FromRequestParts<AppState> for Caller {
         };
         let principal = Principal::from_request_parts(parts, state).await?;
         audit.set_principal(&principal.sub);
-        let home = state.vault.gate().home_region(&principal.sub);
-        audit.set_actor_region(home.as_ref().map(|r| r.as_str()));
+        audit.set_actor_region(state.vault.gate().home_region(&principal.sub));
         let purpose = parts.headers.get(PURPOSE).map(|v| {
             let s = v.to_str().unwrap_or("");
             let plain = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');

@@ -76,7 +76,7 @@ where
         "DELETE" => MethodFilter::DELETE,
         _ => MethodFilter::PUT,
     };
-    let handler = on(filter, handler).layer(axum::middleware::from_fn_with_state(action, audit::declare));
+    let handler = on(filter, handler).layer(audit::Declare(action));
     Declared { decl: RouteDecl { method, path, action }, handler }
 }
 

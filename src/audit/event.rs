@@ -9,9 +9,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 /// How a request ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    #[default]
     Allowed,
     Denied,
     NotFound,
@@ -49,7 +50,7 @@ impl Outcome {
 }
 
 /// One audit event, before it has a place in the chain.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditEvent {
     /// Truncated to microseconds (what both databases keep).
     pub time: DateTime<Utc>,

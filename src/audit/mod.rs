@@ -74,13 +74,14 @@ impl AuditHandle {
     pub fn set_action(&self, action: &str) {
         self.with(|d| {
             if d.event.action != action {
-                d.event.action = action.to_owned();
+                d.event.action.clear();
+                d.event.action.push_str(action);
             }
         });
     }
 
-    pub fn set_actor_region(&self, region: Option<&str>) {
-        self.with(|d| d.event.actor_region = region.map(str::to_owned));
+    pub fn set_actor_region(&self, region: Option<crate::domain::RegionId>) {
+        self.with(|d| d.event.actor_region = region.map(crate::domain::RegionId::into_string));
     }
 
     /// Widens the event's subject region to contain `region` (the smallest common node).
@@ -138,15 +139,26 @@ impl AuditHandle {
 
     /// The event as it stands, closed with `status`.
     pub fn closed(&self, status: u16) -> AuditEvent {
-        self.with(|d| {
-            let mut e = d.event.clone();
-            e.status = status;
-            e.outcome = Outcome::from_status(status);
-            if e.outcome != Outcome::Allowed {
-                e.fields.clear();
-            }
-            e
-        })
+        self.with(|d| Self::finish(d.event.clone(), status))
+    }
+
+    /// The event closed with `status`, taken out of the handle rather than copied: for the
+    /// last close of a request (the draft is left empty).
+    pub fn take_closed(&self, status: u16) -> AuditEvent {
+        self.with(|d| Self::finish(std::mem::take(&mut d.event), status))
+    }
+
+    fn finish(mut e: AuditEvent, status: u16) -> AuditEvent {
+        if e.action.is_empty() {
+            // No route declared an action (an unrouted path or method).
+            e.action.push_str("unknown");
+        }
+        e.status = status;
+        e.outcome = Outcome::from_status(status);
+        if e.outcome != Outcome::Allowed {
+            e.fields.clear();
+        }
+        e
     }
 
     /// Marks the event written (with the data it concerns, in one transaction).

@@ -36,6 +36,11 @@ impl RegionId {
         &self.0
     }
 
+    /// The code, as an owned string.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     /// The group root.
     pub fn group() -> RegionId {
         RegionId(Self::GROUP.to_owned())

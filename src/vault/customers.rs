@@ -184,16 +184,16 @@ impl Vault {
         })
     }
 
-    /// Decrypts the record's fields (all of them, or those named in `only`).
+    /// Decrypts the record's fields for which `wanted` holds.
     fn open_fields(
         &self,
         record: &CustomerRecord,
         key: &DataKey,
-        only: Option<&[String]>,
+        wanted: impl Fn(&str) -> bool,
     ) -> Result<BTreeMap<String, FieldValue>, VaultError> {
         let mut out = BTreeMap::new();
         for f in &record.fields {
-            if only.is_some_and(|o| !o.contains(&f.name)) {
+            if !wanted(&f.name) {
                 continue;
             }
             let ctx = FieldContext { field: &f.name, record_version: record.version };
@@ -216,7 +216,7 @@ impl Vault {
         record: &CustomerRecord,
         key: &DataKey,
     ) -> Result<BTreeMap<String, FieldValue>, VaultError> {
-        self.open_fields(record, key, None)
+        self.open_fields(record, key, |_| true)
     }
 
     pub(super) fn seal_all(
@@ -271,9 +271,8 @@ impl Vault {
         let selected = access.select(record.fields.iter().map(|f| f.name.as_str()), only)?;
         let mut fields = BTreeMap::new();
         if !selected.is_empty() {
-            let wanted: Vec<String> = selected.iter().map(|(n, _)| (*n).to_owned()).collect();
             let key = self.data_key(record)?;
-            for (name, value) in self.open_fields(record, &key, Some(&wanted))? {
+            for (name, value) in self.open_fields(record, &key, |n| selected.iter().any(|(s, _)| *s == n))? {
                 let Some(spec) = self.catalogue.get(&name) else { continue };
                 let Some(view) = selected.iter().find(|(n, _)| *n == name).map(|(_, v)| *v) else { continue };
                 if let Some(shown) = mask::apply(spec, value.expose(), view, self.regions) {
@@ -394,7 +393,7 @@ impl Vault {
             return Err(VaultError::VersionConflict);
         }
         let key = self.data_key(&record)?;
-        let mut fields = self.open_fields(&record, &key, None)?;
+        let mut fields = self.open_fields(&record, &key, |_| true)?;
         for name in &patch.remove {
             fields.remove(name);
         }
@@ -591,7 +590,7 @@ impl Vault {
         access.reveal(&self.gate, fields)?;
         self.charge(caller, &permit, &[id]).await?;
         let key = self.data_key(&record)?;
-        let out = self.open_fields(&record, &key, Some(fields))?;
+        let out = self.open_fields(&record, &key, |n| fields.iter().any(|f| f == n))?;
         for f in out.keys() {
             caller.audit.add_field(f, "revealed");
         }
