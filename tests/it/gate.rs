@@ -170,7 +170,7 @@ struct Matrix<'a> {
     h: &'a Harness,
     shared: HashMap<(bool, State), (Uuid, String)>,
     cells: Vec<Cell>,
-    missing_body: Value,
+    missing_body: String,
     n: usize,
 }
 
@@ -246,7 +246,7 @@ impl Matrix<'_> {
         assert_eq!(status, expected, "{context}: {method} /v1{path} answered {text}");
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status == 404 && method != Method::HEAD {
-            assert_eq!(v, self.missing_body, "{context}: a 404 differs from a missing record's");
+            assert_eq!(text, self.missing_body, "{context}: a 404 differs from a missing record's, byte for byte");
         }
         if status >= 400 && method != Method::HEAD {
             assert!(
@@ -279,8 +279,8 @@ async fn matrix(h: Harness) {
     for role in ROLES {
         h.grant(&format!("m.{role}"), role, "32").await;
     }
-    let missing: Value =
-        h.get(&format!("/v1/customers/{}", Uuid::now_v7()), ALICE).send().await.unwrap().json().await.unwrap();
+    let missing =
+        h.get(&format!("/v1/customers/{}", Uuid::now_v7()), ALICE).send().await.unwrap().text().await.unwrap();
     let mut m = Matrix { h: &h, shared: HashMap::new(), cells: Vec::new(), missing_body: missing, n: 0 };
     for in_scope in [true, false] {
         for state in [State::Active, State::Restricted, State::Erased] {
