@@ -7,7 +7,8 @@
 # and ids written to FACTS), drives it with wrk from a process of its own, and reads the
 # server's CPU time (utime + stime of /proc/PID/stat) before and after. It prints, per run and
 # route, requests, server CPU per request (µs) and req/s as a ratio to the same run's no-work
-# route. Runs alternate before/after so that the machine's drift hits both alike.
+# route, and the server's resident memory after the load. Runs alternate before/after so that
+# the machine's drift hits both alike.
 # Needs wrk (Debian: apt-get install wrk). Loopback only; every run is bounded in time.
 set -euo pipefail
 before=${1:?before binary}
@@ -67,6 +68,7 @@ reqs = int(reqs); cpu_us = (int(t1) - int(t0)) * 1e6 / int(hz)
 print(f"{label}\t{route}\t{reqs}\t{cpu_us / max(reqs, 1):.1f}\t{reqs / float(secs):.0f}\t{bad}")
 EOF
   done
+  echo -e "$label\tresident_mb\t$(awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$pid/status")"
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
 }
 

@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 
 use custodia::config::{Config, LogFormat, TokenAlgorithm, EXAMPLE_TOKEN_KID};
 
+/// jemalloc: requests allocate on one thread (a worker) and free on another (the audit writer,
+/// the read combiner), which glibc's arenas serve with lock contention; measured in
+/// docs/PERFORMANCE.md (server CPU per request, paired runs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "custodia", version, about = "Customer data vault")]
 struct Cli {
