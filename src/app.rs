@@ -137,12 +137,12 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
     })
     .await?;
     let trusted_proxies = config.trusted_proxies.iter().filter_map(|c| c.parse().ok()).collect();
-    let state = AppState {
+    let state = AppState::new(crate::api::Shared {
         vault: Arc::new(vault),
         authenticator: Arc::new(authenticator),
         audit,
-        trusted_proxies: Arc::new(trusted_proxies),
-    };
+        trusted_proxies,
+    });
     let limits = Limits {
         body_bytes: config.body_limit_bytes,
         request_timeout: Duration::from_millis(config.request_timeout_ms),

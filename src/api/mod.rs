@@ -28,14 +28,32 @@ use crate::authz::Action;
 use crate::vault::Vault;
 use problem::ApiError;
 
-/// What handlers share.
+/// What handlers share: one reference-counted pointer, since axum clones the state for every
+/// `State` extraction and middleware of every request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The contents of [`AppState`].
+pub struct Shared {
     pub vault: Arc<Vault>,
     pub authenticator: Arc<Authenticator>,
     pub audit: AuditLog,
     /// Peers whose `X-Forwarded-For` is believed (load balancers, reverse proxies).
-    pub trusted_proxies: Arc<Vec<proxy::Cidr>>,
+    pub trusted_proxies: Vec<proxy::Cidr>,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// HTTP limits.
