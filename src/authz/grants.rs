@@ -60,6 +60,7 @@ pub struct Snapshot {
     by_principal: HashMap<String, Vec<Uuid>>,
     not_before: HashMap<String, DateTime<Utc>>,
     blocked: std::collections::HashSet<String>,
+    clears: HashMap<String, i64>,
 }
 
 impl Snapshot {
@@ -72,6 +73,7 @@ impl Snapshot {
         }
         snap.not_before = state.token_revocations.into_iter().collect();
         snap.blocked = state.blocked.into_iter().collect();
+        snap.clears = state.clears.into_iter().collect();
         snap
     }
 
@@ -126,9 +128,9 @@ impl Snapshot {
         self.blocked.contains(principal)
     }
 
-    /// The principals with an open security alert.
-    pub fn blocked(&self) -> impl Iterator<Item = &str> {
-        self.blocked.iter().map(String::as_str)
+    /// Per principal, how many of its alerts have been cleared.
+    pub fn clears(&self) -> &HashMap<String, i64> {
+        &self.clears
     }
 
     /// Tokens of `principal` issued at or before this instant are refused.

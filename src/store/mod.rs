@@ -189,6 +189,9 @@ pub struct AuthzState {
     pub token_revocations: Vec<(String, DateTime<Utc>)>,
     /// Principals with an open bulk-access alert.
     pub blocked: Vec<String>,
+    /// Per principal, how many of its alerts were cleared (grows with every clear: instances
+    /// restart their counting for the principal when it does).
+    pub clears: Vec<(String, i64)>,
 }
 
 /// The audit chain head.

@@ -290,7 +290,15 @@ macro_rules! impl_store {
                     .iter()
                     .map(|r| r.try_get(0))
                     .collect::<Result<Vec<String>, sqlx::Error>>()?;
-                Ok($crate::store::AuthzState { epoch, grants, token_revocations, blocked })
+                let clears = sqlx::query(
+                    "SELECT principal, CAST(count(*) AS BIGINT) FROM audit_alerts WHERE cleared_at IS NOT NULL GROUP BY principal",
+                )
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<Vec<(String, i64)>, sqlx::Error>>()?;
+                Ok($crate::store::AuthzState { epoch, grants, token_revocations, blocked, clears })
             }
 
             async fn grant(&self, id: uuid::Uuid) -> Result<Option<$crate::store::GrantRecord>, $crate::store::StoreError> {

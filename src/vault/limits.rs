@@ -8,7 +8,7 @@
 //! second and adds up the others', so a principal spread over several instances is counted as
 //! one (within a second).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -22,6 +22,8 @@ use crate::store::{Store, StoreError};
 const WINDOW_MINUTES: i64 = 60;
 /// How often the guard's counts are exchanged between instances.
 pub const GUARD_SYNC: Duration = Duration::from_secs(1);
+/// An unchanged count is published again after this many seconds.
+const REFRESH_SECS: i64 = 60;
 
 /// A budget's name in the database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,27 +90,54 @@ impl Budgets {
 }
 
 /// Exchanges the bulk guard's counts with the other instances every [`GUARD_SYNC`] until the
-/// guard is dropped. A principal whose alert was cleared (on any instance: it left the blocked
-/// set of the authorization snapshot) starts counting afresh here too, before this instance
-/// publishes again.
+/// guard is dropped. A principal whose alert was cleared (on any instance: its count of cleared
+/// alerts in the authorization snapshot grew) starts counting afresh here too, before this
+/// instance publishes again.
 pub fn share_guard_counts(store: Arc<dyn Store>, guard: Weak<BulkGuard>, grants: Weak<GrantCache>, instance: String) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(GUARD_SYNC);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut blocked: HashSet<String> = HashSet::new();
+        // Alert clears seen so far, per principal (`None` until the first snapshot is read:
+        // clears from before this instance started concern no window of its own).
+        let mut clears_seen: Option<HashMap<String, i64>> = None;
+        // What was last published per principal, and when: only changes go out, and unchanged
+        // counts are refreshed once a minute so that other instances do not age them out.
+        let mut published: HashMap<String, (i64, i64)> = HashMap::new();
         loop {
             tick.tick().await;
             let (Some(guard), Some(grants)) = (guard.upgrade(), grants.upgrade()) else { return };
-            let now_blocked: HashSet<String> = grants.snapshot().blocked().map(str::to_owned).collect();
-            for cleared in blocked.difference(&now_blocked) {
-                guard.reset(cleared);
+            let snapshot = grants.snapshot();
+            let current = snapshot.clears();
+            let cleared: Vec<String> = match &clears_seen {
+                None => Vec::new(),
+                Some(seen) => current
+                    .iter()
+                    .filter(|(p, n)| seen.get(*p).is_none_or(|s| *n > s))
+                    .map(|(p, _)| p.clone())
+                    .collect(),
+            };
+            for p in &cleared {
+                guard.reset(p);
             }
-            blocked = now_blocked;
+            clears_seen = Some(current.clone());
             let now = Utc::now().timestamp();
             let window = i64::try_from(guard.policy().window.as_secs()).unwrap_or(i64::MAX);
-            let counts = guard.local_counts();
+            let counts: Vec<(String, i64)> = guard
+                .local_counts()
+                .into_iter()
+                .filter(|(p, n)| published.get(p).is_none_or(|(last, at)| last != n || now - at >= REFRESH_SECS))
+                // A cleared principal's row goes (its window here is gone, so it reports nothing).
+                .chain(cleared.into_iter().map(|p| (p, 0)))
+                .collect();
             let exchanged = async {
                 store.publish_guard_counts(&instance, &counts, now).await?;
+                for (p, n) in &counts {
+                    if *n == 0 {
+                        published.remove(p);
+                    } else {
+                        published.insert(p.clone(), (*n, now));
+                    }
+                }
                 store.guard_counts_elsewhere(&instance, now.saturating_sub(window)).await
             };
             match exchanged.await {

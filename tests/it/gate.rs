@@ -955,6 +955,7 @@ async fn limits_hold_across_instances(h: Harness) {
     h.grant("ro", "risk_officer", "32").await;
     h.grant("ag", "agent", "32").await;
     h.grant("reader", "agent", "32").await;
+    h.grant("so.cn", "security_officer", "CN").await;
     // Started after the grants, so that it loads them at once.
     let other = h.another_instance_with(adjust).await;
     let b = format!("http://{}", other.addr);
@@ -1027,6 +1028,23 @@ async fn limits_hold_across_instances(h: Harness) {
         429,
         "a fifth distinct customer across both instances passes the threshold of 4"
     );
+    // Cleared on this instance, the count starts afresh on the other one too: three distinct
+    // customers there now pass, where its old window (two) would have made five.
+    let (s, text, alerts) = call(&h, None, Method::GET, "/v1/audit/alerts", "so.cn", None, None).await;
+    assert_eq!(s, 200, "{text}");
+    let alert = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["principal"] == "reader")
+        .cloned()
+        .unwrap_or_else(|| panic!("{alerts}"));
+    let path = format!("/v1/audit/alerts/{}/clear", alert["id"].as_str().unwrap());
+    assert_eq!(call(&h, None, Method::POST, &path, "so.cn", None, None).await.0, 200);
+    tokio::time::sleep(custodia::vault::limits::GUARD_SYNC * 3).await;
+    for id in [ids[5], ids[0], ids[1]] {
+        assert_eq!(read(Some(b.clone()), id).await, 200, "counting restarted on every instance");
+    }
     other.stop().await.unwrap();
 }
 
