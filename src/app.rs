@@ -193,12 +193,14 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
 }
 
 /// Background maintenance while serving: reload keys from their source and rewrap data keys to
-/// the active version (every 5 s), and run retention (at its interval). Stops with the vault.
+/// the active version (every 5 s), prune budget counts older than their hour (every minute),
+/// and run retention (at its interval). Stops with the vault.
 fn spawn_maintenance(vault: std::sync::Weak<Vault>, retention_every: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_retention = tokio::time::Instant::now();
+        let mut last_prune = tokio::time::Instant::now();
         loop {
             tick.tick().await;
             let Some(vault) = vault.upgrade() else { return };
@@ -214,6 +216,12 @@ fn spawn_maintenance(vault: std::sync::Weak<Vault>, retention_every: Duration) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(reindexed = n, "records re-indexed under the current index version"),
                 Err(e) => tracing::warn!(error = %e, "re-index paused"),
+            }
+            if last_prune.elapsed() >= Duration::from_secs(60) {
+                last_prune = tokio::time::Instant::now();
+                if let Err(e) = vault.prune_budgets().await {
+                    tracing::warn!(error = %e, "budget counts not pruned");
+                }
             }
             if !retention_every.is_zero() && last_retention.elapsed() >= retention_every {
                 last_retention = tokio::time::Instant::now();

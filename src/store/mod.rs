@@ -349,7 +349,8 @@ pub trait Store: Send + Sync + 'static {
         after_bucket: i64,
         amount: i64,
     ) -> Result<i64, StoreError>;
-    /// Deletes budget counters of buckets before `before_bucket`.
+    /// Deletes budget counters of buckets before `before_bucket` (a unix minute), and bulk-guard
+    /// counts not updated since then.
     async fn prune_budgets(&self, before_bucket: i64) -> Result<(), StoreError>;
     /// Publishes this instance's bulk-guard counts (a count of 0 removes the row).
     async fn publish_guard_counts(&self, instance: &str, counts: &[(String, i64)], now: i64) -> Result<(), StoreError>;

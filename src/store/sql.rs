@@ -593,6 +593,11 @@ macro_rules! impl_store {
             async fn prune_budgets(&self, before_bucket: i64) -> Result<(), $crate::store::StoreError> {
                 let mut conn = self.write.acquire().await.map_err($crate::store::StoreError::Unavailable)?;
                 sqlx::query("DELETE FROM budget_usage WHERE bucket < $1").bind(before_bucket).execute(&mut *conn).await?;
+                // Counts of instances gone for as long (their rows are no longer read anyway).
+                sqlx::query("DELETE FROM guard_counts WHERE updated_at < $1")
+                    .bind(before_bucket.saturating_mul(60))
+                    .execute(&mut *conn)
+                    .await?;
                 Ok(())
             }
 

@@ -7,6 +7,9 @@
 //! read path can afford it; [`share_guard_counts`] publishes every instance's counts every
 //! second and adds up the others', so a principal spread over several instances is counted as
 //! one (within a second).
+//!
+//! This module counts and says how much of a budget is used; it decides nothing (the gate
+//! declares which budgets an action spends, the use cases refuse) and never sees customer data.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -82,7 +85,8 @@ impl Budgets {
         self.store.charge_budget(principal, counter.as_str(), minute, minute - WINDOW_MINUTES, 1).await
     }
 
-    /// Forgets counts older than the window (maintenance).
+    /// Forgets counts older than the window, and departed instances' guard counts (maintenance,
+    /// once a minute).
     pub async fn prune(&self) -> Result<(), StoreError> {
         let minute = Utc::now().timestamp().div_euclid(60);
         self.store.prune_budgets(minute - WINDOW_MINUTES).await

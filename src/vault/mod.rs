@@ -211,6 +211,11 @@ impl Vault {
         Ok(self.gate.admit(&caller.principal, caller.action, implemented, caller.purpose())?)
     }
 
+    /// Forgets budget counts and guard counts older than their hour (maintenance).
+    pub async fn prune_budgets(&self) -> Result<(), VaultError> {
+        Ok(self.budgets.prune().await?)
+    }
+
     /// Whether the database answers.
     pub async fn ready(&self) -> Result<(), VaultError> {
         Ok(self.store.ping().await?)

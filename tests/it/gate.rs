@@ -1139,3 +1139,21 @@ async fn a_failed_export_is_visibly_incomplete() {
     let text = r.text().await.unwrap();
     assert!(text.lines().count() >= 3 && text.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "{text}");
 }
+
+/// Budget and guard counts older than their hour are pruned (the tables do not grow forever),
+/// and newer ones are kept.
+async fn old_counts_are_pruned(h: Harness) {
+    let store = h.vault().store();
+    let minute = Utc::now().timestamp().div_euclid(60);
+    store.charge_budget("p.old", "searches", minute - 120, minute - 180, 1).await.unwrap();
+    store.charge_budget("p.new", "searches", minute, minute - 60, 1).await.unwrap();
+    store.publish_guard_counts("gone-instance", &[("p.old".into(), 3)], (minute - 120) * 60).await.unwrap();
+    store.publish_guard_counts("live-instance", &[("p.new".into(), 2)], minute * 60).await.unwrap();
+    h.vault().prune_budgets().await.unwrap();
+    assert_eq!(h.scalar("SELECT count(*) FROM budget_usage WHERE principal = 'p.old'").await, 0);
+    assert_eq!(h.scalar("SELECT count(*) FROM budget_usage WHERE principal = 'p.new'").await, 1);
+    assert_eq!(h.scalar("SELECT count(*) FROM guard_counts WHERE instance = 'gone-instance'").await, 0);
+    assert_eq!(h.scalar("SELECT count(*) FROM guard_counts WHERE instance = 'live-instance'").await, 1);
+}
+
+both_with!(pruning, |_| {}, old_counts_are_pruned);
