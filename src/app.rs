@@ -142,11 +142,9 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
         authenticator: Arc::new(authenticator),
         audit,
         trusted_proxies,
-    });
-    let limits = Limits {
-        body_bytes: config.body_limit_bytes,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
-    };
+    });
+    let limits = Limits { body_bytes: config.body_limit_bytes };
     Ok((state, limits))
 }
 

@@ -73,8 +73,9 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
     Some(ua.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(256).collect())
 }
 
-/// Gives the request its audit event, lets the handlers fill it in, and commits it before the
-/// response leaves. When the event cannot be committed the caller gets 503 and nothing else.
+/// Gives the request its audit event, lets the handlers fill it in within the request's time
+/// limit, and commits it before the response leaves. When the event cannot be committed the
+/// caller gets 503 and nothing else.
 pub async fn record(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
     // The action stays empty until a route declares one (an unrouted request closes as `unknown`).
@@ -84,7 +85,11 @@ pub async fn record(State(state): State<AppState>, mut req: Request, next: Next)
     event.user_agent = user_agent(req.headers());
     let handle = AuditHandle::new(event);
     req.extensions_mut().insert(handle.clone());
-    let response = next.run(req).await;
+    // The request's time limit, inside the audit: a request cut short is answered and audited.
+    let response = match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => super::middleware::timed_out(state.request_timeout),
+    };
     if handle.is_recorded() {
         return response;
     }

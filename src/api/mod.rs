@@ -40,6 +40,8 @@ pub struct Shared {
     pub audit: AuditLog,
     /// Peers whose `X-Forwarded-For` is believed (load balancers, reverse proxies).
     pub trusted_proxies: Vec<proxy::Cidr>,
+    /// Whole-request time limit of `/v1` requests (503 `timeout`, audited).
+    pub request_timeout: Duration,
 }
 
 impl AppState {
@@ -56,11 +58,10 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// HTTP limits.
+/// HTTP limits applied by the router (the request time limit is in [`Shared`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub body_bytes: usize,
-    pub request_timeout: Duration,
 }
 
 /// The action a route declares, in request extensions for the extractors and the gate.
@@ -143,8 +144,8 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     let v1 = v1
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(method_not_allowed)
-        // Inside the audit layer, so that timeouts and panics are audited too.
-        .layer(axum::middleware::from_fn_with_state(limits.request_timeout, middleware::timeout))
+        // Inside the audit layer (which also bounds the request's time), so that panics and
+        // timeouts are audited too.
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record));
     Router::new()

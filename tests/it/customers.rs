@@ -363,4 +363,7 @@ async fn slow_clients_are_timed_out() {
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
     assert!(text.contains("application/problem+json") && text.contains("\"code\":\"timeout\""), "{text}");
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    // The request cut short left its event, under its route's action.
+    let n = h.scalar("SELECT count(*) FROM audit_events WHERE action = 'customer.create' AND status = 503 AND outcome = 'failed'").await;
+    assert_eq!(n, 1);
 }
