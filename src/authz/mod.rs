@@ -165,11 +165,6 @@ impl Capability {
         self.grants.iter().find(|g| g.region.contains(region)).map(|g| g.id)
     }
 
-    /// The roles of the grants that cover `region`.
-    pub fn roles_for<'a>(&'a self, region: &'a RegionId) -> impl Iterator<Item = &'a str> + 'a {
-        self.grants.iter().filter(move |g| g.region.contains(region)).map(|g| g.role.as_str())
-    }
-
     /// The region nodes covered, without nodes inside others.
     pub fn scopes(&self) -> Vec<RegionId> {
         let mut nodes: Vec<RegionId> = Vec::new();
