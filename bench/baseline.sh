@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The do-it-yourself baseline that `custodia bench --baseline` measures custodia against:
+# The do-it-yourself baseline that `custodia-bench --baseline` measures custodia against:
 # PostgreSQL with pgcrypto AES columns, row-level security per province, a masking view, and
 # pgaudit logging every read; in a second variant, a durable audit row written in the same
 # transaction as each read. Driven by pgbench at the same concurrencies as custodia.
 #
 # Usage: bench/baseline.sh DATA.tsv SECONDS CLIENTS[,CLIENTS...]
-#   DATA.tsv: the synthetic customers custodia seeded (written by `custodia bench`), one per
+#   DATA.tsv: the synthetic customers custodia seeded (written by `custodia-bench`), one per
 #   line: id province city kind name mobile resident_id email address birth_date bank_card
 #   company_name credit_code (\N for none).
 # Prints one line per variant and concurrency on stdout:

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Server CPU per request, in paired and interleaved runs of two custodia binaries.
+# Server CPU per request, in paired and interleaved runs of two builds (their custodia-bench binaries).
 #
 #   bench/cpu-per-request.sh BEFORE_BINARY AFTER_BINARY [PAIRS] [SECONDS] [CONNECTIONS]
 #
-# Each run starts `BINARY bench --customers 10000 --hold FACTS` (seeded SQLite vault, tokens
-# and ids written to FACTS), drives it with wrk from a process of its own, and reads the
+# Each run starts `BINARY --customers 10000 --hold FACTS` (BINARY: a custodia-bench build;
+# a seeded SQLite vault, tokens and ids written to FACTS), drives it with wrk from a process of its own, and reads the
 # server's CPU time (utime + stime of /proc/PID/stat) before and after. It prints, per run and
 # route, requests, server CPU per request (µs) and req/s as a ratio to the same run's no-work
 # route, and the server's resident memory after the load. Runs alternate before/after so that
@@ -40,7 +40,7 @@ EOF
 run() { # label binary
   local label=$1 bin=$2 facts="$work/facts-$1.json"
   rm -f "$facts"
-  "$bin" bench --customers 10000 --hold "$facts" > "$work/server-$label.log" 2>&1 &
+  "$bin" --customers 10000 --hold "$facts" > "$work/server-$label.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 300); do [ -s "$facts" ] && break; sleep 0.2; done
   [ -s "$facts" ] || { echo "server $label did not start"; cat "$work/server-$label.log"; exit 1; }

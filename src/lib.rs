@@ -17,7 +17,6 @@ pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod background;
-pub mod bench;
 pub mod config;
 pub mod crypto;
 pub mod domain;

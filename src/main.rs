@@ -67,32 +67,6 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Benchmark: start a vault on a fresh database, seed it, drive it over loopback HTTP.
-    Bench {
-        /// Customers to seed.
-        #[arg(long, default_value_t = 10_000)]
-        customers: usize,
-        /// Seconds per scenario and concurrency.
-        #[arg(long, default_value_t = 3.0)]
-        seconds: f64,
-        /// Concurrencies, comma-separated.
-        #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
-        concurrency: Vec<usize>,
-        /// Benchmark against this PostgreSQL database instead of a fresh SQLite file.
-        #[arg(long)]
-        database_url: Option<String>,
-        /// Also write the table here.
-        #[arg(long)]
-        output: Option<PathBuf>,
-        /// Set up, write the base URL, tokens and ids to this JSON file, then serve until
-        /// interrupted instead of driving load (for an external load driver).
-        #[arg(long)]
-        hold: Option<PathBuf>,
-        /// Also measure the do-it-yourself PostgreSQL baseline (pgcrypto, RLS, masking view,
-        /// pgaudit; durable audit row) with pgbench, using this script (installs what it needs).
-        #[arg(long, num_args = 0..=1, default_missing_value = "bench/baseline.sh")]
-        baseline: Option<PathBuf>,
-    },
     /// Print the OpenAPI document.
     Openapi,
     /// Administration.
@@ -355,22 +329,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ids.len(),
                 ids.len() as f64 / secs.max(1e-9)
             );
-            Ok(())
-        }
-        Command::Bench { customers, seconds, concurrency, database_url, output, hold, baseline } => {
-            if let Some(url) = database_url {
-                config.database_url = url;
-            }
-            let options = custodia::bench::BenchOptions { customers, concurrency, seconds, hold, baseline };
-            let (rows, table) = custodia::bench::run(config, options).await?;
-            println!("{table}");
-            if let Some(path) = output {
-                std::fs::write(&path, &table)?;
-                let plot = path.with_extension("svg");
-                let caption = format!("custodia bench, {customers} customers, {seconds} s per point");
-                std::fs::write(&plot, custodia::bench::plot::svg(&rows, &caption))?;
-                println!("Wrote {} and {}.", path.display(), plot.display());
-            }
             Ok(())
         }
         Command::Openapi => {

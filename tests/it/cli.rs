@@ -183,21 +183,40 @@ async fn bootstrap_postgres() {
     bootstrap_once(&db).await;
 }
 
-/// The benchmark harness runs every scenario against a real server without a failed request,
-/// and ends with a verified audit chain.
+/// The benchmark runs every scenario against a server in a process of its own without a failed
+/// request, reports the server's CPU per request, and ends with a verified audit chain. The
+/// production binary has no benchmark in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_harness_runs_every_scenario() {
-    let options = custodia::bench::BenchOptions {
-        customers: 300,
-        concurrency: vec![2],
-        seconds: 0.3,
-        hold: None,
-        baseline: None,
-    };
-    let (rows, table) = custodia::bench::run(test_config(String::new()), options).await.unwrap();
-    assert_eq!(rows.len(), 6);
+async fn bench_runs_every_scenario_in_its_own_binary() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia-bench"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--customers", "300", "--concurrency", "2", "--seconds", "0.3"])
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}\n{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains(" | 2 | "))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .filter(|cells: &Vec<&str>| cells.len() == 13)
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r[1]).collect();
+    assert_eq!(
+        names,
+        ["reference: no work", "reference: JWT only", "masked read", "search by mobile", "create", "batch-get 100"],
+        "{table}"
+    );
     for r in &rows {
-        assert!(r.requests > 0 && r.errors == 0, "{r:?}");
+        assert!(r[3].parse::<f64>().unwrap() > 0.0, "no requests: {r:?}");
+        assert_eq!(r[8], "0", "failed requests: {r:?}");
     }
+    let read_cpu: f64 = rows[2][9].parse().unwrap();
+    assert!(read_cpu > 0.0, "no server CPU measured: {table}");
     assert!(table.contains("ok = true"), "{table}");
+    assert!(table.contains("Server CPU µs per request by thread"), "{table}");
+
+    let production = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia")).arg("bench").output().await.unwrap();
+    assert!(!production.status.success(), "custodia still has a bench command");
 }

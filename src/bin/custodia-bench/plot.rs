@@ -147,7 +147,17 @@ mod tests {
     use super::*;
 
     fn row(scenario: &'static str, concurrency: usize, per_second: f64, p99_ms: f64) -> Row {
-        Row { scenario, concurrency, requests: 1, errors: 0, per_second, p50_ms: 1.0, p99_ms, p999_ms: 1.0 }
+        Row {
+            scenario,
+            concurrency,
+            requests: 1,
+            errors: 0,
+            per_second,
+            p50_ms: 1.0,
+            p99_ms,
+            p999_ms: 1.0,
+            server: None,
+        }
     }
 
     #[test]

@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use super::Row;
-use crate::domain::region::Regions;
-use crate::domain::synthetic::Synthetic;
-use crate::domain::CustomerKind;
+use custodia::domain::region::Regions;
+use custodia::domain::synthetic::Synthetic;
+use custodia::domain::CustomerKind;
 
 /// The baseline's scenario names.
 pub const PGAUDIT: &str = "baseline: pgcrypto+RLS+mask view+pgaudit";
@@ -72,6 +72,7 @@ fn parse(stdout: &str, seconds: f64) -> Vec<Row> {
                 p50_ms,
                 p99_ms,
                 p999_ms,
+                server: None,
             })
         })
         .collect()

@@ -1,0 +1,372 @@
+//! `custodia-bench`: the benchmark, a binary of its own (the production `custodia` binary
+//! serves, administers and migrates, nothing else).
+//!
+//! It starts the vault under test as a child process (`custodia-bench --hold`, see `server`)
+//! on a fresh seeded database, drives it over loopback HTTP from this process at several
+//! concurrencies, and reports per scenario requests/s and latency percentiles beside what the
+//! server process alone spent per request (CPU in total and per thread, context switches,
+//! read/write system calls, from /proc). req/s is reported as a ratio to the same run's
+//! no-work route; CPU per request is the figure to compare across runs. Then it verifies the
+//! audit chain and prints the rate. With `--baseline` it also measures the do-it-yourself
+//! PostgreSQL alternative (`baseline`); `plot` draws the figures.
+
+mod baseline;
+mod driver;
+mod plot;
+mod probe;
+mod server;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::json;
+
+use custodia::config::Config;
+use driver::{drive, MakeRequest, Request};
+use probe::ServerUse;
+
+/// The same allocator as the production binary: the server under test must be that binary's
+/// twin.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[derive(Parser)]
+#[command(name = "custodia-bench", about = "Benchmark a custodia vault over loopback HTTP")]
+struct Cli {
+    /// Configuration file (TOML) for the vault under test; see custodia.example.toml.
+    #[arg(long, env = "CUSTODIA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Customers to seed.
+    #[arg(long, default_value_t = 10_000)]
+    customers: usize,
+    /// Seconds per scenario and concurrency.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Concurrencies, comma-separated.
+    #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// Benchmark against this PostgreSQL database instead of a fresh SQLite file.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Also write the table here, and the plot beside it (.svg).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Only serve: set up, write the base URL, tokens and ids to this JSON file, then serve
+    /// until SIGTERM or Ctrl-C (the driver runs this as its child; external drivers such as
+    /// wrk use it too, see bench/cpu-per-request.sh).
+    #[arg(long)]
+    hold: Option<PathBuf>,
+    /// Also measure the do-it-yourself PostgreSQL baseline (pgcrypto, RLS, masking view,
+    /// pgaudit; durable audit row) with pgbench, using this script (installs what it needs).
+    #[arg(long, num_args = 0..=1, default_missing_value = "bench/baseline.sh")]
+    baseline: Option<PathBuf>,
+}
+
+/// One measured row.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub scenario: &'static str,
+    pub concurrency: usize,
+    pub requests: usize,
+    pub errors: usize,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    /// What the server process spent per request (absent for the baseline's rows).
+    pub server: Option<ServerUse>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(url) = &cli.database_url {
+        config.database_url = url.clone();
+    }
+    if let Some(facts) = &cli.hold {
+        custodia::telemetry::init(config.log_format).map_err(anyhow::Error::msg)?;
+        return server::hold(config, cli.customers, facts).await;
+    }
+    let dir = tempfile::tempdir()?;
+    if !config.database_url.starts_with("postgres") {
+        config.database_url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    }
+    let (rows, table) = measure(&cli, &config, dir.path()).await?;
+    println!("{table}");
+    if let Some(path) = &cli.output {
+        std::fs::write(path, &table)?;
+        let plot = path.with_extension("svg");
+        let caption = format!("custodia-bench, {} customers, {} s per point", cli.customers, cli.seconds);
+        std::fs::write(&plot, plot::svg(&rows, &caption))?;
+        println!("Wrote {} and {}.", path.display(), plot.display());
+    }
+    Ok(())
+}
+
+/// The server process; stopped (SIGTERM, then SIGKILL) when dropped.
+struct Server {
+    child: std::process::Child,
+}
+
+impl Server {
+    fn start(cli: &Cli, config: &Config, facts: &Path, log: &Path) -> anyhow::Result<Self> {
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command
+            .arg("--hold")
+            .arg(facts)
+            .arg("--customers")
+            .arg(cli.customers.to_string())
+            .arg("--database-url")
+            .arg(&config.database_url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(log)?)
+            .stderr(std::fs::File::create(log.with_extension("err"))?);
+        if let Some(c) = &cli.config {
+            command.arg("--config").arg(c);
+        }
+        Ok(Server { child: command.spawn()? })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the facts file while the server lives.
+    async fn facts(&mut self, facts: &Path, log: &Path) -> anyhow::Result<serde_json::Value> {
+        loop {
+            if let Ok(text) = std::fs::read_to_string(facts) {
+                return Ok(serde_json::from_str(&text)?);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                let err = std::fs::read_to_string(log.with_extension("err")).unwrap_or_default();
+                let tail: Vec<&str> = err.lines().rev().take(20).collect();
+                anyhow::bail!(
+                    "the server exited ({status}) before it was ready:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM (through kill(1): this crate has no unsafe code), then waits up to 10 s.
+    fn stop(&mut self) {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+fn text(v: &serde_json::Value, key: &str) -> anyhow::Result<Arc<String>> {
+    Ok(Arc::new(v[key].as_str().ok_or_else(|| anyhow::anyhow!("facts: no {key}"))?.to_owned()))
+}
+
+fn texts(v: &serde_json::Value, key: &str) -> Arc<Vec<String>> {
+    Arc::new(v[key].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+}
+
+/// The scenarios, in the order they run at each concurrency: (name, request maker, expected
+/// status).
+fn scenarios(facts: &serde_json::Value) -> anyhow::Result<Vec<(&'static str, MakeRequest, u16)>> {
+    let (agent, manager, service) = (text(facts, "agent")?, text(facts, "manager")?, text(facts, "service")?);
+    let (ids, mobiles) = (texts(facts, "ids"), texts(facts, "mobiles"));
+    anyhow::ensure!(!ids.is_empty() && !mobiles.is_empty(), "facts: no ids or mobiles");
+    let mut list: Vec<(&'static str, MakeRequest, u16)> = Vec::new();
+    list.push((
+        "reference: no work",
+        Arc::new(|_| Request { method: "GET", path: "/_bench/none".into(), bearer: None, body: None }),
+        200,
+    ));
+    let t = agent.clone();
+    list.push(("reference: JWT only", Arc::new(move |_| Request::get("/_bench/jwt".into(), &t)), 200));
+    let (t, i2) = (agent.clone(), ids.clone());
+    list.push(("masked read", Arc::new(move |i| Request::get(format!("/v1/customers/{}", i2[i % i2.len()]), &t)), 200));
+    let t = agent.clone();
+    list.push((
+        "search by mobile",
+        Arc::new(move |i| {
+            Request::post("/v1/customers/search".into(), &t, &json!({"match": {"mobile": mobiles[i % mobiles.len()]}}))
+        }),
+        200,
+    ));
+    let body = json!({"region": "3201", "kind": "individual", "fields": {"name": "张三", "mobile": "13812345678",
+        "resident_id": "11010519491231002X", "email": "a@example.cn", "address": "江苏省南京市玄武区中山路1号",
+        "birth_date": "1949-12-31", "bank_card": "6222021234567890128"}});
+    list.push(("create", Arc::new(move |_| Request::post("/v1/customers".into(), &manager, &body)), 201));
+    list.push((
+        "batch-get 100",
+        Arc::new(move |i| {
+            let start = (i * 100) % ids.len().saturating_sub(100).max(1);
+            let batch = &ids[start..(start + 100).min(ids.len())];
+            Request::post("/v1/customers/batch-get".into(), &service, &json!({ "ids": batch }))
+        }),
+        200,
+    ));
+    Ok(list)
+}
+
+/// Runs the whole benchmark; returns the rows and the Markdown report.
+async fn measure(cli: &Cli, config: &Config, dir: &Path) -> anyhow::Result<(Vec<Row>, String)> {
+    let (facts_path, log) = (dir.join("facts.json"), dir.join("server.log"));
+    let mut server = Server::start(cli, config, &facts_path, &log)?;
+    let facts = server.facts(&facts_path, &log).await?;
+    let addr: std::net::SocketAddr = facts["base"]
+        .as_str()
+        .and_then(|b| b.strip_prefix("http://"))
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("facts: no base address"))?;
+    let pid = server.pid();
+    let list = scenarios(&facts)?;
+    let mut rows = Vec::new();
+    for &c in &cli.concurrency {
+        for (name, make, ok) in &list {
+            let before = probe::sample(pid).ok_or_else(|| anyhow::anyhow!("cannot read /proc/{pid}"))?;
+            let mut row = drive(name, addr, c, cli.seconds, make.clone(), *ok).await;
+            if let Some(after) = probe::sample(pid) {
+                row.server = Some(probe::per_request(&before, &after, row.requests));
+            }
+            rows.push(row);
+        }
+    }
+    let resident = probe::resident_mb(pid);
+    server.stop();
+
+    let mut baseline_rows = Vec::new();
+    if let Some(script) = cli.baseline.clone() {
+        let (customers, seconds, levels) = (cli.customers, cli.seconds, cli.concurrency.clone());
+        baseline_rows =
+            tokio::task::spawn_blocking(move || baseline::run(&script, customers, server::SEED, seconds, &levels))
+                .await??;
+    }
+
+    // Audit verification, from this process, on the database the server wrote.
+    let store = custodia::store::open(&config.database_url, &custodia::store::StoreOptions::default()).await?;
+    let verifier = custodia::audit::CheckpointVerifier::load(&config.audit.public_key)?;
+    let report = custodia::audit::verify::verify(&store, &verifier).await?;
+    let rate = report.events as f64 / (report.elapsed_ms.max(1) as f64 / 1000.0);
+
+    let mut out = format!(
+        "Seeded {} customers in {:.1} s. Load driver and server in separate processes; server figures from /proc.\n\n",
+        facts["seeded"],
+        facts["seed_seconds"].as_f64().unwrap_or(0.0)
+    );
+    report_rows(&mut out, &rows);
+    report_threads(&mut out, &rows);
+    report_baseline(&mut out, &rows, &baseline_rows, &cli.concurrency);
+    out.push_str(&format!(
+        "\nAudit verification: {} events, {} checkpoints, ok = {}, in {} ms ({rate:.0} events/s).\n",
+        report.events, report.checkpoints, report.ok, report.elapsed_ms
+    ));
+    out.push_str(&format!(
+        "Server resident memory after the load: {}.\n",
+        resident.map_or("unknown".to_owned(), |mb| format!("{mb:.0} MB"))
+    ));
+    anyhow::ensure!(report.ok, "audit verification failed:\n{out}");
+    rows.extend(baseline_rows);
+    Ok((rows, out))
+}
+
+fn report_rows(out: &mut String, rows: &[Row]) {
+    out.push_str(
+        "| scenario | conc. | req/s | vs no-work | p50 ms | p99 ms | p999 ms | errors | server CPU µs/req | ctx sw/req | r/w syscalls/req |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let none = rows
+            .iter()
+            .find(|x| x.concurrency == r.concurrency && x.scenario == "reference: no work")
+            .map_or(1.0, |x| x.per_second);
+        let s = r.server.clone().unwrap_or_default();
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {:.3} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.2} | {:.1} |\n",
+            r.scenario,
+            r.concurrency,
+            r.per_second,
+            r.per_second / none.max(1e-9),
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.errors,
+            s.cpu_us,
+            s.context_switches,
+            s.io_calls
+        ));
+    }
+}
+
+/// Server CPU per request by thread, one line per scenario and concurrency.
+fn report_threads(out: &mut String, rows: &[Row]) {
+    out.push_str("\nServer CPU µs per request by thread:\n\n| scenario | conc. | threads |\n|---|---:|---|\n");
+    for r in rows {
+        let Some(s) = &r.server else { continue };
+        let parts: Vec<String> = s.by_thread.iter().map(|(name, us)| format!("{name} {us:.1}")).collect();
+        out.push_str(&format!("| {} | {} | {} |\n", r.scenario, r.concurrency, parts.join(", ")));
+    }
+}
+
+fn report_baseline(out: &mut String, rows: &[Row], baseline_rows: &[Row], levels: &[usize]) {
+    if baseline_rows.is_empty() {
+        return;
+    }
+    out.push_str(
+        "\n| baseline | conc. | req/s | p50 ms | p99 ms | p999 ms | errors |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in baseline_rows {
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |\n",
+            r.scenario, r.concurrency, r.per_second, r.p50_ms, r.p99_ms, r.p999_ms, r.errors
+        ));
+    }
+    out.push_str(
+        "\nAudited masked reads, custodia ÷ baseline at equal concurrency:\n\n\
+         | conc. | custodia req/s | ÷ pgaudit baseline | ÷ durable-audit-row baseline |\n|---:|---:|---:|---:|\n",
+    );
+    for &c in levels {
+        let find = |name: &str, rows: &[Row]| {
+            rows.iter().find(|r| r.scenario == name && r.concurrency == c).map(|r| r.per_second)
+        };
+        if let Some(ours) = find("masked read", rows) {
+            let ratio = |theirs: Option<f64>| theirs.map_or("—".to_owned(), |t| format!("{:.2}", ours / t.max(1e-9)));
+            out.push_str(&format!(
+                "| {c} | {ours:.0} | {} | {} |\n",
+                ratio(find(baseline::PGAUDIT, baseline_rows)),
+                ratio(find(baseline::DURABLE, baseline_rows))
+            ));
+        }
+    }
+}

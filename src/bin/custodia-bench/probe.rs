@@ -1,0 +1,145 @@
+//! What the server process spent, read from Linux's /proc between two samples: CPU time of the
+//! process and of each of its threads (grouped by thread name), context switches, read/write
+//! system calls and resident memory.
+//!
+//! Owns: reading /proc of another process. Must never: measure the driver's own process as if
+//! it were the server's.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Clock ticks per second of /proc's CPU times (`USER_HZ`, 100 on every Linux architecture
+/// this runs on).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// One reading of the server process.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    /// utime + stime of the whole process (threads that ended included), in ticks.
+    process_ticks: u64,
+    /// Per live thread: (name, ticks, context switches).
+    threads: BTreeMap<u32, (String, u64, u64)>,
+    /// syscr + syscw of /proc/PID/io: read-like and write-like system calls.
+    io_calls: u64,
+}
+
+/// The server's use over a scenario, per request.
+#[derive(Clone, Debug, Default)]
+pub struct ServerUse {
+    pub cpu_us: f64,
+    /// CPU µs per request by thread group (name), largest first.
+    pub by_thread: Vec<(String, f64)>,
+    pub context_switches: f64,
+    pub io_calls: f64,
+}
+
+/// Reads the process `pid`; `None` when it is gone or /proc is not readable.
+pub fn sample(pid: u32) -> Option<Sample> {
+    let root = PathBuf::from(format!("/proc/{pid}"));
+    let process_ticks = cpu_ticks(&std::fs::read_to_string(root.join("stat")).ok()?)?;
+    let mut threads = BTreeMap::new();
+    for entry in std::fs::read_dir(root.join("task")).ok()?.flatten() {
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+        let (Ok(stat), Ok(status)) =
+            (std::fs::read_to_string(entry.path().join("stat")), std::fs::read_to_string(entry.path().join("status")))
+        else {
+            continue; // ended between listing and reading
+        };
+        let (Some(name), Some(ticks)) = (thread_name(&stat), cpu_ticks(&stat)) else { continue };
+        let switches = ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"]
+            .iter()
+            .filter_map(|k| status_value(&status, k))
+            .sum();
+        threads.insert(tid, (group(&name), ticks, switches));
+    }
+    let io = std::fs::read_to_string(root.join("io")).unwrap_or_default();
+    let io_calls = ["syscr:", "syscw:"].iter().filter_map(|k| status_value(&io, k)).sum();
+    Some(Sample { process_ticks, threads, io_calls })
+}
+
+/// The server's resident memory now (VmRSS), in MB.
+pub fn resident_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(status_value(&status, "VmRSS:")? as f64 / 1024.0)
+}
+
+/// What happened between `before` and `after`, per request.
+pub fn per_request(before: &Sample, after: &Sample, requests: usize) -> ServerUse {
+    let n = requests.max(1) as f64;
+    let us = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / n;
+    let mut groups: BTreeMap<String, u64> = BTreeMap::new();
+    let mut switches = 0;
+    for (tid, (name, ticks, sw)) in &after.threads {
+        let (t0, s0) = before.threads.get(tid).map_or((0, 0), |(_, t, s)| (*t, *s));
+        *groups.entry(name.clone()).or_default() += ticks.saturating_sub(t0);
+        switches += sw.saturating_sub(s0);
+    }
+    let total = after.process_ticks.saturating_sub(before.process_ticks);
+    let seen: u64 = groups.values().sum();
+    if total > seen {
+        *groups.entry("(threads that ended)".into()).or_default() += total - seen;
+    }
+    let mut by_thread: Vec<(String, f64)> =
+        groups.into_iter().filter(|(_, t)| *t > 0).map(|(name, t)| (name, us(t))).collect();
+    by_thread.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ServerUse {
+        cpu_us: us(total),
+        by_thread,
+        context_switches: switches as f64 / n,
+        io_calls: after.io_calls.saturating_sub(before.io_calls) as f64 / n,
+    }
+}
+
+/// Threads of one kind share a group: the runtime's workers and blocking threads carry one
+/// name, numbered threads (if any) lose their number.
+fn group(name: &str) -> String {
+    name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-').to_owned()
+}
+
+/// `comm` of a stat line: between the first '(' and the last ')'.
+fn thread_name(stat: &str) -> Option<String> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    Some(stat.get(open + 1..close)?.to_owned())
+}
+
+/// utime + stime (fields 14 and 15) of a stat line, after the name (which may hold spaces).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state).
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn status_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let pid = std::process::id();
+        let before = sample(pid).unwrap();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert_ne!(x, 1);
+        let after = sample(pid).unwrap();
+        let used = per_request(&before, &after, 1);
+        assert!(used.cpu_us > 0.0, "{used:?}");
+        assert!(!used.by_thread.is_empty());
+        assert!(resident_mb(pid).unwrap() > 1.0);
+    }
+
+    #[test]
+    fn names_with_spaces_and_parentheses() {
+        let stat = "42 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15";
+        assert_eq!(thread_name(stat).as_deref(), Some("a (b) c"));
+        assert_eq!(cpu_ticks(stat), Some(11 + 12));
+        assert_eq!(group("tokio-runtime-w"), "tokio-runtime-w");
+        assert_eq!(group("reader-12"), "reader");
+    }
+}
