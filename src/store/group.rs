@@ -110,7 +110,7 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(CustomerRecord, Audi
 /// Most customers in one combined read.
 const MAX_READ_BATCH: usize = 64;
 /// Combined reads in flight at once (PostgreSQL: each a round trip to the server). On SQLite
-/// the direct read runs inline on this loop's own thread, so reads there go one batch at a
+/// the read runs inline on this loop's own thread, so reads there go one batch at a
 /// time, and each batch holds whatever arrived during the previous one.
 const READS_IN_FLIGHT: usize = 4;
 

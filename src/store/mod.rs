@@ -1,6 +1,5 @@
-//! Persistence. One [`Store`] trait, implemented for SQLite ([`sqlite`]) and PostgreSQL
-//! ([`postgres`]) with their concrete sqlx drivers; the SQL both share is written once in
-//! [`sql`].
+//! Persistence. One [`Store`] trait, implemented for SQLite ([`sqlite`], through rusqlite)
+//! and PostgreSQL ([`postgres`], through sqlx): one driver per backend.
 //!
 //! The store owns SQL and migrations. It sees only sealed field values and wrapped keys —
 //! never plaintext, never key material — and knows nothing of HTTP.
@@ -15,7 +14,6 @@ use crate::domain::{CustomerKind, CustomerStatus, RegionId, RegionLevel};
 
 pub mod group;
 pub mod postgres;
-mod sql;
 pub mod sqlite;
 
 /// Which database a store talks to.
@@ -34,10 +32,13 @@ pub enum StoreError {
     Database(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
-    /// An error of the direct SQLite path (customer reads, bulk writes, verification pages;
-    /// see [`sqlite`]).
+    /// A SQLite error (see [`sqlite`]).
     #[error("database error: {0}")]
     Sqlite(#[source] rusqlite::Error),
+    /// No connection became free within the acquire timeout (SQLite's turns; PostgreSQL's
+    /// pool reports `Unavailable`).
+    #[error("database busy: no connection free in time")]
+    Saturated,
     #[error("stored row is corrupt: {0}")]
     Corrupt(&'static str),
     /// The database refused a grant: the principal holds unrevoked grants of another duty.
@@ -76,7 +77,7 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         use rusqlite::ErrorCode as Code;
         match self {
-            StoreError::Unavailable(_) => true,
+            StoreError::Unavailable(_) | StoreError::Saturated => true,
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
                 Code::DatabaseBusy

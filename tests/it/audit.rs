@@ -180,15 +180,11 @@ on_both! {
             "UPDATE audit_event_customers SET seq = seq + 1",
         ] {
             let result = match &h.db {
-                Db::Sqlite { path, .. } => {
-                    use sqlx::Connection;
-                    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-                    sqlx::query(stmt).execute(&mut c).await.map(|_| ())
-                }
+                Db::Sqlite { path, .. } => on_sqlite(path, move |c| c.execute(stmt, []).map(|_| ()).map_err(|e| e.to_string())).await,
                 Db::Postgres { url, .. } => {
                     use sqlx::Connection;
                     let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-                    sqlx::query(stmt).execute(&mut c).await.map(|_| ())
+                    sqlx::query(stmt).execute(&mut c).await.map(|_| ()).map_err(|e| e.to_string())
                 }
             };
             assert!(result.is_err(), "{stmt} was allowed");

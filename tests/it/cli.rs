@@ -39,9 +39,8 @@ fn in_memory_sqlite_is_refused_clearly() {
 async fn count_migrations(url: &str) -> i64 {
     use sqlx::{Connection, Row};
     let q = "SELECT count(*) FROM _sqlx_migrations WHERE success";
-    if url.starts_with("sqlite") {
-        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::query(q).fetch_one(&mut c).await.unwrap().get(0)
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        on_sqlite(std::path::Path::new(path), move |c| c.query_row(q, [], |r| r.get(0)).unwrap()).await
     } else {
         let mut c = sqlx::PgConnection::connect(url).await.unwrap();
         sqlx::query(q).fetch_one(&mut c).await.unwrap().get(0)

@@ -307,15 +307,15 @@ async fn readiness_fails_when_the_database_refuses_connections() {
 async fn a_create_abandoned_while_queued_is_never_committed() {
     use custodia::audit::AuditEvent;
     use custodia::store::group::CreateQueue;
-    use sqlx::{Connection, Executor};
     let h = Harness::start(Db::sqlite()).await;
     let existing = h.create(individual("3201")).await;
     let store = h.vault().store().clone();
     let template = store.customer(existing).await.unwrap().unwrap();
     let queue = CreateQueue::start(store.clone());
     // Another writer holds the lock: the first create waits for it inside its batch.
-    let mut locker = sqlx::SqliteConnection::connect(&h.db.url()).await.unwrap();
-    locker.execute("BEGIN IMMEDIATE").await.unwrap();
+    let Db::Sqlite { path, .. } = &h.db else { unreachable!() };
+    let locker = sqlite_at(path);
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let mut first = template.clone();
     first.id = uuid::Uuid::now_v7();
     let waiting = tokio::spawn({
@@ -332,7 +332,7 @@ async fn a_create_abandoned_while_queued_is_never_committed() {
     )
     .await;
     assert!(gave_up.is_err(), "the second create should still be queued");
-    locker.execute("ROLLBACK").await.unwrap();
+    locker.execute_batch("ROLLBACK").unwrap();
     assert!(waiting.await.unwrap().is_ok());
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(store.customer(first.id).await.unwrap().is_some());

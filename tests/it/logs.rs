@@ -131,18 +131,11 @@ async fn exercise(s: &Server) -> Vec<String> {
         .unwrap();
     assert_eq!(r.status(), 401);
     // Tamper with a record so that reading it raises an integrity alert.
-    {
-        use sqlx::Connection;
-        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", s.db.display())).await.unwrap();
-        sqlx::query("UPDATE customer_fields SET field = 'email' || field WHERE field = 'mobile'")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        sqlx::query("UPDATE customer_fields SET field = 'mobile' WHERE field = 'email'")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
+    on_sqlite(&s.db, |c| {
+        c.execute("UPDATE customer_fields SET field = 'email' || field WHERE field = 'mobile'", []).unwrap();
+        c.execute("UPDATE customer_fields SET field = 'mobile' WHERE field = 'email'", []).unwrap();
+    })
+    .await;
     let r = c
         .get(format!("{}/v1/customers/{id}", s.base))
         .bearer_auth(&token)

@@ -249,8 +249,9 @@ impl Harness {
         use sqlx::Connection;
         match &self.db {
             Db::Sqlite { path, .. } => {
-                let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-                run!(c)
+                let (statement, params) = (statement.to_owned(), binds.iter().map(Bind::sqlite).collect::<Vec<_>>());
+                on_sqlite(path, move |c| c.execute(&statement, rusqlite::params_from_iter(params)).unwrap() as u64)
+                    .await
             }
             Db::Postgres { url, .. } => {
                 let mut c = sqlx::PgConnection::connect(url).await.unwrap();
@@ -292,8 +293,15 @@ impl Harness {
         }
         match &self.db {
             Db::Sqlite { path, .. } => {
-                let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-                fetch!(c)
+                let value = value.to_owned();
+                on_sqlite(path, move |c| {
+                    let mut stmt = c.prepare(&sql).unwrap();
+                    let rows = stmt
+                        .query_map([value], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+                        .unwrap();
+                    rows.map(Result::unwrap).collect()
+                })
+                .await
             }
             Db::Postgres { url, .. } => {
                 let mut c = sqlx::PgConnection::connect(url).await.unwrap();
@@ -307,8 +315,8 @@ impl Harness {
         use sqlx::{Connection, Row};
         match &self.db {
             Db::Sqlite { path, .. } => {
-                let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-                sqlx::query(sql).fetch_one(&mut c).await.unwrap().get::<i64, _>(0)
+                let sql = sql.to_owned();
+                on_sqlite(path, move |c| c.query_row(&sql, [], |r| r.get::<_, i64>(0)).unwrap()).await
             }
             Db::Postgres { url, .. } => {
                 let mut c = sqlx::PgConnection::connect(url).await.unwrap();
@@ -359,8 +367,11 @@ impl Harness {
         let sql = "SELECT sealed FROM customer_fields WHERE customer_id = $1 AND field = $2";
         match &self.db {
             Db::Sqlite { path, .. } => {
-                let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-                sqlx::query(sql).bind(id).bind(field).fetch_one(&mut c).await.unwrap().get(0)
+                let field = field.to_owned();
+                on_sqlite(path, move |c| {
+                    c.query_row(sql, rusqlite::params![id.as_bytes().as_slice(), field], |r| r.get(0)).unwrap()
+                })
+                .await
             }
             Db::Postgres { url, .. } => {
                 let mut c = sqlx::PgConnection::connect(url).await.unwrap();
@@ -428,6 +439,35 @@ pub enum Bind {
     Id(Uuid),
     Bytes(Vec<u8>),
     Time(chrono::DateTime<chrono::Utc>),
+}
+
+impl Bind {
+    /// The value as the vault's SQLite store encodes it (UUIDs as 16-byte BLOBs, timestamps as
+    /// RFC 3339 text).
+    fn sqlite(&self) -> rusqlite::types::Value {
+        use rusqlite::types::Value;
+        match self {
+            Bind::Id(u) => Value::Blob(u.as_bytes().to_vec()),
+            Bind::Bytes(v) => Value::Blob(v.clone()),
+            Bind::Time(t) => Value::Text(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)),
+        }
+    }
+}
+
+/// A connection to a vault's SQLite file, as an attacker with file access (or a test) opens it.
+pub fn sqlite_at(path: &std::path::Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c
+}
+
+/// Runs `f` on a fresh connection to the SQLite file, off the async runtime.
+pub async fn on_sqlite<R: Send + 'static>(
+    path: &std::path::Path,
+    f: impl FnOnce(&rusqlite::Connection) -> R + Send + 'static,
+) -> R {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || f(&sqlite_at(&path))).await.unwrap()
 }
 
 /// Whether `haystack` contains `needle`.

@@ -1,0 +1,217 @@
+//! SQLite connections (rusqlite, used off the async runtime): one writer, a set of read-only
+//! readers, and the WAL checkpointer.
+//!
+//! Owns: opening connections with the store's settings and handing them out in turn. Must
+//! never: run a statement on an async worker thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::store::StoreError;
+
+/// How long a statement waits for another process's lock on the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the background checkpointer runs.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL pages after which a commit checkpoints by itself (~16 MB; SQLite's default is 1,000).
+/// By then the background checkpointer has normally copied the frames back already, so the
+/// commit's own checkpoint finds little to do, and the WAL is restarted from its beginning as
+/// soon as no reader needs its frames: under constant reads and writes a WAL restarts only
+/// opportunistically, so without this bound it would grow.
+const AUTOCHECKPOINT_BACKSTOP: &str = "4000";
+/// The writer's page cache, 16 MiB (SQLite's default is 2 MiB): inserts into the random-keyed
+/// blind index stay in memory longer. Readers keep the default.
+const WRITER_CACHE_SIZE: &str = "-16384";
+
+/// Runs blocking SQLite work: inline on a dedicated background thread (the audit writer, the
+/// queues: nothing else runs there), on the blocking pool from anywhere else.
+pub(super) async fn off_runtime<R: Send + 'static>(
+    work: impl FnOnce() -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    if crate::background::on_dedicated_thread() {
+        return work();
+    }
+    tokio::task::spawn_blocking(work).await.map_err(|_| StoreError::Corrupt("SQLite task stopped"))?
+}
+
+/// Waits for a permit, at most `wait`; like an exhausted pool, unavailable after that.
+async fn turn(permits: &Arc<Semaphore>, wait: Duration) -> Result<OwnedSemaphorePermit, StoreError> {
+    match tokio::time::timeout(wait, permits.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(_)) | Err(_) => Err(StoreError::Saturated),
+    }
+}
+
+/// Opens the file read-write (creating it), in WAL mode with `synchronous = FULL` (a commit is
+/// durable when it returns), foreign keys on, and the writer's checkpoint and cache settings.
+pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    c.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Config(format!("SQLite refused WAL mode (journal mode {mode})")));
+    }
+    c.pragma_update(None, "synchronous", "FULL")?;
+    c.pragma_update(None, "foreign_keys", "ON")?;
+    c.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_BACKSTOP)?;
+    c.pragma_update(None, "cache_size", WRITER_CACHE_SIZE)?;
+    c.set_prepared_statement_cache_capacity(64);
+    Ok(c)
+}
+
+/// The one read-write connection of this process. Writes take turns (a permit, waited for
+/// without blocking the runtime), each in one `IMMEDIATE` transaction.
+pub(super) struct Writer {
+    path: PathBuf,
+    conn: Mutex<Option<Connection>>,
+    permit: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl Writer {
+    pub(super) fn new(path: PathBuf, conn: Connection, wait: Duration) -> Self {
+        Writer { path, conn: Mutex::new(Some(conn)), permit: Arc::new(Semaphore::new(1)), wait }
+    }
+
+    /// Runs `f` in one `IMMEDIATE` transaction, committed if `f` succeeds, rolled back
+    /// otherwise. The turn is handed to the blocking work, so it stays held even if the caller
+    /// stops waiting.
+    pub(super) async fn write<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let held = turn(&self.permit, self.wait).await?;
+        let writer = self.clone();
+        off_runtime(move || {
+            let written = writer.transaction(f);
+            drop(held);
+            written
+        })
+        .await
+    }
+
+    fn transaction<R>(&self, f: impl FnOnce(&Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // A connection that failed was dropped (which rolled back its transaction): reopen.
+        let mut conn = match slot.take() {
+            Some(c) => c,
+            None => open_writer(&self.path)?,
+        };
+        let written: Result<R, StoreError> = (|| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        // Kept after a refused statement too (the transaction rolled back when dropped); a
+        // connection whose commit failed is dropped, in case its state is unknown.
+        if written.is_ok() || !matches!(&written, Err(e) if e.is_unavailable()) {
+            *slot = Some(conn);
+        }
+        written
+    }
+}
+
+/// Read-only connections to the store's file, opened on demand: at most `keep` at once (each
+/// is three open files), all kept for reuse.
+pub(super) struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+    keep: usize,
+    wait: Duration,
+}
+
+impl Readers {
+    pub(super) fn new(path: PathBuf, keep: usize, wait: Duration) -> Self {
+        Readers { path, idle: Mutex::new(Vec::new()), permits: Arc::new(Semaphore::new(keep)), keep, wait }
+    }
+
+    /// Runs `f` on a free connection, off the async runtime.
+    pub(super) async fn read<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let held = turn(&self.permits, self.wait).await?;
+        let readers = self.clone();
+        off_runtime(move || {
+            let read = readers.with(f);
+            drop(held);
+            read
+        })
+        .await
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                let c = Connection::open_with_flags(&self.path, flags)?;
+                c.busy_timeout(BUSY_TIMEOUT)?;
+                // IN lists come in power-of-two lengths, with or without a scope filter.
+                c.set_prepared_statement_cache_capacity(64);
+                c
+            }
+        };
+        let out = f(&conn);
+        // A connection that failed is dropped rather than reused.
+        if out.is_ok() {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < self.keep {
+                idle.push(conn);
+            }
+        }
+        out
+    }
+}
+
+/// Checkpoints the WAL every `CHECKPOINT_EVERY` on a connection and thread of its own until
+/// `alive` is gone. `PASSIVE`: it never waits for, or blocks, the writer. Without it the
+/// commit that crossed SQLite's page threshold copied the WAL back and synced the database file
+/// itself, stalling every request waiting for the audit group commit behind it.
+pub(super) fn spawn_checkpointer(path: PathBuf, alive: Weak<()>) {
+    let started = std::thread::Builder::new().name("wal-checkpoint".into()).spawn(move || {
+        let conn = match Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the WAL checkpoint connection; commits checkpoint by themselves");
+                return;
+            }
+        };
+        while alive.upgrade().is_some() {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        }
+    });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot start the WAL checkpointer; commits checkpoint by themselves");
+    }
+}
+
+/// Takes an exclusive lock on a file beside the database (released when dropped): processes
+/// opening (and migrating) one file at once take turns.
+pub(super) async fn lock_file(db_path: &Path) -> Result<std::fs::File, StoreError> {
+    let mut lock_path = db_path.as_os_str().to_owned();
+    lock_path.push(".migrate-lock");
+    tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lock_path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| StoreError::Config(format!("migration lock task failed: {e}")))?
+    .map_err(|e| StoreError::Config(format!("cannot lock migrations: {e}")))
+}
