@@ -95,7 +95,7 @@ async fn write_loop(
     last_checkpoint: Arc<tokio::sync::Mutex<Option<i64>>>,
 ) {
     // Events and their acknowledgements side by side: the events go to the store as they are.
-    let mut events: Vec<AuditEvent> = Vec::with_capacity(MAX_BATCH);
+    let mut events: Vec<AuditEvent> = Vec::new();
     let mut acks: Vec<oneshot::Sender<Result<i64, String>>> = Vec::with_capacity(MAX_BATCH);
     while let Some(Job::Append(e, ack)) = rx.recv().await {
         events.push(e);
@@ -109,9 +109,11 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        match store.append_audit(&events).await {
+        let batch = std::mem::take(&mut events);
+        let appended = batch.len() as i64;
+        match store.append_audit(batch).await {
             Ok(head) => {
-                let first = head.seq - events.len() as i64 + 1;
+                let first = head.seq - appended + 1;
                 for (i, ack) in acks.drain(..).enumerate() {
                     let _ = ack.send(Ok(first + i as i64));
                 }
@@ -124,7 +126,6 @@ async fn write_loop(
                 }
             }
         }
-        events.clear();
     }
 }
 

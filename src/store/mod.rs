@@ -312,7 +312,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Appends events to the audit chain in one transaction (group commit).
-    async fn append_audit(&self, events: &[AuditEvent]) -> Result<AuditHead, StoreError>;
+    async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<AuditHead, StoreError>;
     async fn audit_head(&self) -> Result<AuditHead, StoreError>;
     /// Stores a checkpoint (a duplicate sequence number is ignored).
     async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;

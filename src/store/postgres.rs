@@ -599,9 +599,9 @@ impl crate::store::Store for PgStore {
 
     async fn append_audit(
         &self,
-        events: &[crate::audit::AuditEvent],
+        events: Vec<crate::audit::AuditEvent>,
     ) -> Result<crate::store::AuditHead, crate::store::StoreError> {
-        self.append_batch(events).await
+        self.append_batch(&events).await
     }
 
     async fn audit_head(&self) -> Result<crate::store::AuditHead, crate::store::StoreError> {

@@ -298,7 +298,7 @@ impl Vault {
         let handle = AuditHandle::detached(action);
         handle.set_principal(actor);
         let event: AuditEvent = handle.closed(200);
-        self.store.append_audit(&[event]).await?;
+        self.store.append_audit(vec![event]).await?;
         Ok(())
     }
 }

@@ -219,3 +219,37 @@ async fn bench_runs_every_scenario_in_its_own_binary() {
     let production = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia")).arg("bench").output().await.unwrap();
     assert!(!production.status.success(), "custodia still has a bench command");
 }
+
+/// A SQLite file written by the store before it left sqlx (`tests/fixtures/sqlx-era.db`: commit
+/// ba7cfc9's `custodia seed --customers 3` and `custodia admin bootstrap --sub fixture-admin`,
+/// then `VACUUM INTO`). The rusqlite store opens it without re-running or refusing a migration,
+/// reads its records and grant back (timestamps and UUIDs as sqlx encoded them), and its audit
+/// chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_written_through_sqlx_opens_reads_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sqlx-era.db");
+    std::fs::copy(root_path("tests/fixtures/sqlx-era.db"), &path).unwrap();
+    let url = format!("sqlite://{}", path.display());
+    let store = custodia::store::open(&url, &custodia::store::StoreOptions::default()).await.unwrap();
+    assert_eq!(count_migrations(&url).await, migration_files("migrations/sqlite"));
+
+    let grants = store.authz_state().await.unwrap().grants;
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!((grants[0].principal.as_str(), grants[0].role.as_str()), ("fixture-admin", "admin"));
+    assert!(grants[0].created_at > chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap());
+
+    let keys = store.wrapped_below(u32::MAX, 10).await.unwrap();
+    assert_eq!(keys.len(), 3);
+    let ids: Vec<uuid::Uuid> = keys.iter().map(|(id, _)| *id).collect();
+    let everywhere = custodia::domain::Regions::builtin().parse("CN").unwrap();
+    let records = store.customers_by_ids(&ids, &[everywhere]).await.unwrap();
+    assert_eq!(records.len(), 3);
+    assert!(records.iter().all(|r| r.fields.len() >= 5), "{records:?}");
+
+    let config = test_config(url.clone());
+    let verifier = custodia::audit::CheckpointVerifier::load(&root_path(config.audit.public_key.to_str().unwrap()))
+        .unwrap();
+    let report = custodia::audit::verify::verify(&store, &verifier).await.unwrap();
+    assert!(report.ok && report.events >= 2, "{report:?}");
+}

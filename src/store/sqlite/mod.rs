@@ -520,8 +520,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append_audit(&self, events: &[AuditEvent]) -> Result<AuditHead, StoreError> {
-        let events = events.to_vec();
+    async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<AuditHead, StoreError> {
         self.write(move |c| append_events(c, &events)).await
     }
 
