@@ -48,7 +48,8 @@ struct Cli {
     /// Concurrencies, comma-separated.
     #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
     concurrency: Vec<usize>,
-    /// Benchmark against this PostgreSQL database instead of a fresh SQLite file.
+    /// Benchmark against this database (PostgreSQL, or a SQLite file) instead of a fresh
+    /// SQLite file.
     #[arg(long)]
     database_url: Option<String>,
     /// Also write the table here, and the plot beside it (.svg).
@@ -103,13 +104,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(url) = &cli.database_url {
         config.database_url = url.clone();
     }
+    // A fresh SQLite file unless a database was named: never the configured one, which may
+    // hold real data (and a reused file would skew every figure).
+    let dir = tempfile::tempdir()?;
+    if cli.database_url.is_none() {
+        config.database_url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    }
     if let Some(facts) = &cli.hold {
         custodia::telemetry::init(config.log_format).map_err(anyhow::Error::msg)?;
         return server::hold(config, cli.customers, facts).await;
-    }
-    let dir = tempfile::tempdir()?;
-    if !config.database_url.starts_with("postgres") {
-        config.database_url = format!("sqlite://{}", dir.path().join("bench.db").display());
     }
     let (rows, table) = measure(&cli, &config, dir.path()).await?;
     println!("{table}");
