@@ -248,8 +248,8 @@ async fn a_database_written_through_sqlx_opens_reads_and_verifies() {
     assert!(records.iter().all(|r| r.fields.len() >= 5), "{records:?}");
 
     let config = test_config(url.clone());
-    let verifier = custodia::audit::CheckpointVerifier::load(&root_path(config.audit.public_key.to_str().unwrap()))
-        .unwrap();
+    let verifier =
+        custodia::audit::CheckpointVerifier::load(&root_path(config.audit.public_key.to_str().unwrap())).unwrap();
     let report = custodia::audit::verify::verify(&store, &verifier).await.unwrap();
     assert!(report.ok && report.events >= 2, "{report:?}");
 }
