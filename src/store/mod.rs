@@ -287,6 +287,12 @@ pub trait Store: Send + Sync + 'static {
     async fn customers_by_ids(&self, ids: &[Uuid], scopes: &[RegionId]) -> Result<Vec<CustomerRecord>, StoreError>;
     /// Ids of the records a search finds, in id order.
     async fn search_customers(&self, query: &CustomerQuery) -> Result<Vec<Uuid>, StoreError>;
+    /// The records a search finds (inside `query.scopes`), in id order: [`Store::search_customers`]
+    /// then [`Store::customers_by_ids`], in one round trip where the backend can.
+    async fn search_customer_records(&self, query: &CustomerQuery) -> Result<Vec<CustomerRecord>, StoreError> {
+        let ids = self.search_customers(query).await?;
+        self.customers_by_ids(&ids, &query.scopes).await
+    }
 
     /// The current authorization epoch (bumped by every grant or token revocation change).
     async fn authz_epoch(&self) -> Result<i64, StoreError>;

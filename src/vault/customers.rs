@@ -490,17 +490,23 @@ impl Vault {
         caller.audit.set_query(serde_json::Value::Object(query).to_string());
         // Every exact-match lookup is an oracle: each is charged, hit or miss, before it runs.
         self.charge_search(caller).await?;
-        let scopes = permit.scopes();
-        let query =
-            CustomerQuery { matches, scopes: scopes.clone(), region, kind, status, after: req.after, limit: limit + 1 };
-        let mut ids = self.store.search_customers(&query).await?;
-        let next_cursor = if ids.len() > limit as usize {
-            ids.truncate(limit as usize);
-            ids.last().copied()
+        let query = CustomerQuery {
+            matches,
+            scopes: permit.scopes(),
+            region,
+            kind,
+            status,
+            after: req.after,
+            limit: limit + 1,
+        };
+        // One more than a page: whether there is a next page.
+        let mut records = self.store.search_customer_records(&query).await?;
+        let next_cursor = if records.len() > limit as usize {
+            records.truncate(limit as usize);
+            records.last().map(|r| r.id)
         } else {
             None
         };
-        let records = self.store.customers_by_ids(&ids, &scopes).await?;
         let items = self.disclose_all(caller, &permit, &records, &[], None).await?;
         if items.is_empty() && req.after.is_none() {
             self.charge_search_miss(caller).await?;

@@ -245,6 +245,36 @@ const CUSTOMER_ROWS: &str = "SELECT c.id, c.region, c.kind, c.vip_level, c.statu
      c.wrapped_key, c.created_at, c.updated_at, f.field, f.sealed \
      FROM customers c LEFT JOIN customer_fields f ON f.customer_id = c.id WHERE c.id IN (";
 
+/// The statement finding the ids a search matches, in id order (at most `query.limit`).
+fn search_query(query: &CustomerQuery) -> Query {
+    let mut q = Query::new("SELECT c.id FROM customers c WHERE 1 = 1");
+    for (field, digests) in &query.matches {
+        q.push(" AND c.id IN (SELECT customer_id FROM blind_index WHERE field = ").bind(field.clone()).push(" AND (");
+        for (i, (version, digest)) in digests.iter().enumerate() {
+            if i > 0 {
+                q.push(" OR ");
+            }
+            q.push("(key_version = ").bind(i64::from(*version)).push(" AND digest = ").bind(digest.clone()).push(")");
+        }
+        q.push("))");
+    }
+    q.pieces(super::scope_filter("c.region", &query.scopes));
+    if let Some(region) = &query.region {
+        q.pieces(super::scope_filter("c.region", std::slice::from_ref(region)));
+    }
+    if let Some(kind) = query.kind {
+        q.push(" AND c.kind = ").bind(kind.as_str().to_owned());
+    }
+    if let Some(status) = query.status {
+        q.push(" AND c.status = ").bind(status.as_str().to_owned());
+    }
+    if let Some(after) = query.after {
+        q.push(" AND c.id > ").bind(uuid_value(&after));
+    }
+    q.push(" ORDER BY c.id LIMIT ").bind(i64::from(query.limit));
+    q
+}
+
 /// The records of `ids` (restricted to `scopes` when given), ordered by id, fields by name.
 fn customers(c: &Connection, ids: &[Uuid], scopes: Option<&[RegionId]>) -> Result<Vec<CustomerRecord>, StoreError> {
     if ids.is_empty() {
@@ -353,38 +383,15 @@ impl Store for SqliteStore {
     }
 
     async fn search_customers(&self, query: &CustomerQuery) -> Result<Vec<Uuid>, StoreError> {
-        let mut q = Query::new("SELECT c.id FROM customers c WHERE 1 = 1");
-        for (field, digests) in &query.matches {
-            q.push(" AND c.id IN (SELECT customer_id FROM blind_index WHERE field = ")
-                .bind(field.clone())
-                .push(" AND (");
-            for (i, (version, digest)) in digests.iter().enumerate() {
-                if i > 0 {
-                    q.push(" OR ");
-                }
-                q.push("(key_version = ")
-                    .bind(i64::from(*version))
-                    .push(" AND digest = ")
-                    .bind(digest.clone())
-                    .push(")");
-            }
-            q.push("))");
-        }
-        q.pieces(super::scope_filter("c.region", &query.scopes));
-        if let Some(region) = &query.region {
-            q.pieces(super::scope_filter("c.region", std::slice::from_ref(region)));
-        }
-        if let Some(kind) = query.kind {
-            q.push(" AND c.kind = ").bind(kind.as_str().to_owned());
-        }
-        if let Some(status) = query.status {
-            q.push(" AND c.status = ").bind(status.as_str().to_owned());
-        }
-        if let Some(after) = query.after {
-            q.push(" AND c.id > ").bind(uuid_value(&after));
-        }
-        q.push(" ORDER BY c.id LIMIT ").bind(i64::from(query.limit));
+        let q = search_query(query);
         self.read(move |c| q.all(c, |r| id_at(r, 0))).await
+    }
+
+    async fn search_customer_records(&self, query: &CustomerQuery) -> Result<Vec<CustomerRecord>, StoreError> {
+        let q = search_query(query);
+        let scopes = query.scopes.clone();
+        // Both statements on one connection in one hop off the runtime.
+        self.read(move |c| customers(c, &q.all(c, |r| id_at(r, 0))?, Some(&scopes))).await
     }
 
     async fn authz_epoch(&self) -> Result<i64, StoreError> {
