@@ -66,6 +66,15 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     Ok(c)
 }
 
+/// Whether a commit waits for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sync {
+    /// `synchronous = FULL`: durable when the commit returns (every write but budget counts).
+    Full,
+    /// `synchronous = NORMAL`: durable with the next `Full` commit (see [`Writer::write_unsynced`]).
+    Deferred,
+}
+
 /// The one read-write connection of this process. Writes take turns (a permit, waited for
 /// without blocking the runtime), each in one `IMMEDIATE` transaction.
 pub(super) struct Writer {
@@ -87,32 +96,63 @@ impl Writer {
         self: &Arc<Self>,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        self.write_with(Sync::Full, f).await
+    }
+
+    /// Like [`Writer::write`], but the commit does not wait for the disk (`synchronous =
+    /// NORMAL` for this one transaction): it survives the process being killed, and reaches the
+    /// disk with the next synced commit, which in WAL mode syncs every frame appended before
+    /// it. For counters whose every use is followed by a synced commit before any answer (the
+    /// budgets: the request's own audit event), where a commit of their own would add an
+    /// fsync per request.
+    pub(super) async fn write_unsynced<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.write_with(Sync::Deferred, f).await
+    }
+
+    async fn write_with<R: Send + 'static>(
+        self: &Arc<Self>,
+        sync: Sync,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
         let held = turn(&self.permit, self.wait).await?;
         let writer = self.clone();
         off_runtime(move || {
-            let written = writer.transaction(f);
+            let written = writer.transaction(sync, f);
             drop(held);
             written
         })
         .await
     }
 
-    fn transaction<R>(&self, f: impl FnOnce(&Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    fn transaction<R>(
+        &self,
+        sync: Sync,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         // A connection that failed was dropped (which rolled back its transaction): reopen.
         let mut conn = match slot.take() {
             Some(c) => c,
             None => open_writer(&self.path)?,
         };
+        if sync == Sync::Deferred {
+            // A connection left in this mode would commit audit events unsynced: on any
+            // failure here or below it is dropped, and a reopened one is `FULL` again.
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
         let written: Result<R, StoreError> = (|| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)
         })();
+        let restored = sync == Sync::Full || conn.pragma_update(None, "synchronous", "FULL").is_ok();
         // Kept after a refused statement too (the transaction rolled back when dropped); a
         // connection whose commit failed is dropped, in case its state is unknown.
-        if written.is_ok() || !matches!(&written, Err(e) if e.is_unavailable()) {
+        if restored && (written.is_ok() || !matches!(&written, Err(e) if e.is_unavailable())) {
             *slot = Some(conn);
         }
         written

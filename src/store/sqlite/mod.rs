@@ -739,18 +739,21 @@ impl Store for SqliteStore {
         amount: i64,
     ) -> Result<i64, StoreError> {
         let (principal, budget) = (principal.to_owned(), budget.to_owned());
-        self.write(move |c| {
-            c.prepare_cached(
-                "INSERT INTO budget_usage (principal, budget, bucket, used) VALUES (?1, ?2, ?3, ?4) \
+        // Unsynced: the request's audit event, committed synced before any answer, makes the
+        // charge durable with it (no fsync of its own per search or reveal).
+        self.writer
+            .write_unsynced(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO budget_usage (principal, budget, bucket, used) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (principal, budget, bucket) DO UPDATE SET used = budget_usage.used + excluded.used",
-            )?
-            .execute(params![principal, budget, bucket, amount])?;
-            Ok(c.prepare_cached(
+                )?
+                .execute(params![principal, budget, bucket, amount])?;
+                Ok(c.prepare_cached(
                 "SELECT COALESCE(SUM(used), 0) FROM budget_usage WHERE principal = ?1 AND budget = ?2 AND bucket > ?3",
             )?
             .query_row(params![principal, budget, after_bucket], |r| r.get(0))?)
-        })
-        .await
+            })
+            .await
     }
 
     async fn prune_budgets(&self, before_bucket: i64) -> Result<(), StoreError> {
