@@ -719,15 +719,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit_links(&self, from_seq: i64, to_seq: i64) -> Result<Vec<(i64, Uuid)>, StoreError> {
-        self.read(move |c| {
-            all(
-                c,
-                "SELECT seq, customer_id FROM audit_event_customers WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq, customer_id",
-                (from_seq, to_seq),
-                |r| Ok((r.get(0)?, id_at(r, 1)?)),
-            )
-        })
-        .await
+        self.read(move |c| all(c, AUDIT_LINKS, (from_seq, to_seq), |r| Ok((r.get(0)?, id_at(r, 1)?)))).await
     }
 
     async fn charge_budget(
@@ -911,6 +903,12 @@ impl Store for SqliteStore {
     }
 }
 
+/// The access-log links of a range of events, in the order verification compares them. It
+/// must be answered from the `seq` index (migration 0007): a scan of the table per page made
+/// verification quadratic in the log's length.
+const AUDIT_LINKS: &str =
+    "SELECT seq, customer_id FROM audit_event_customers WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq, customer_id";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -923,5 +921,21 @@ mod tests {
         for bad in ["sqlite::memory:", "sqlite://file?mode=memory", "sqlite://x.db?mode=ro", "sqlite://", "x.db"] {
             assert!(matches!(file_of(bad), Err(StoreError::Config(_))), "{bad}");
         }
+    }
+
+    /// Fails when the index is dropped: the plan falls back to `SCAN audit_event_customers`
+    /// and a sort.
+    #[test]
+    fn audit_links_read_a_range_of_the_seq_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = rusqlite::Connection::open(dir.path().join("p.db")).unwrap();
+        migrate::run(&mut c).unwrap();
+        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {AUDIT_LINKS}")).unwrap();
+        let plan: Vec<String> = stmt.query_map((1, 2), |r| r.get(3)).unwrap().map(Result::unwrap).collect();
+        assert_eq!(
+            plan,
+            ["SEARCH audit_event_customers USING COVERING INDEX audit_event_customers_seq (seq>? AND seq<?)"],
+            "{plan:?}"
+        );
     }
 }
