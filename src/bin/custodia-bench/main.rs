@@ -255,13 +255,19 @@ async fn measure(cli: &Cli, config: &Config, dir: &Path) -> anyhow::Result<(Vec<
         .ok_or_else(|| anyhow::anyhow!("facts: no base address"))?;
     let pid = server.pid();
     let list = scenarios(&facts)?;
+    // On PostgreSQL a request's cost is split between two kinds of process: report both.
+    let on_postgres = config.database_url.starts_with("postgres");
     let mut rows = Vec::new();
     for &c in &cli.concurrency {
         for (name, make, ok) in &list {
             let before = probe::sample(pid).ok_or_else(|| anyhow::anyhow!("cannot read /proc/{pid}"))?;
+            let database_before = on_postgres.then(probe::database_ticks);
             let mut row = drive(name, addr, c, cli.seconds, make.clone(), *ok).await;
             if let Some(after) = probe::sample(pid) {
-                row.server = Some(probe::per_request(&before, &after, row.requests));
+                let mut used = probe::per_request(&before, &after, row.requests);
+                used.database_cpu_us =
+                    database_before.map(|b| probe::database_per_request(b, probe::database_ticks(), row.requests));
+                row.server = Some(used);
             }
             rows.push(row);
         }
@@ -306,8 +312,8 @@ async fn measure(cli: &Cli, config: &Config, dir: &Path) -> anyhow::Result<(Vec<
 
 fn report_rows(out: &mut String, rows: &[Row]) {
     out.push_str(
-        "| scenario | conc. | req/s | vs no-work | p50 ms | p99 ms | p999 ms | errors | server CPU µs/req | ctx sw/req | r/w syscalls/req |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| scenario | conc. | req/s | vs no-work | p50 ms | p99 ms | p999 ms | errors | server CPU µs/req | ctx sw/req | r/w syscalls/req | + database CPU µs/req |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let none = rows
@@ -316,7 +322,7 @@ fn report_rows(out: &mut String, rows: &[Row]) {
             .map_or(1.0, |x| x.per_second);
         let s = r.server.clone().unwrap_or_default();
         out.push_str(&format!(
-            "| {} | {} | {:.0} | {:.3} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.2} | {:.1} |\n",
+            "| {} | {} | {:.0} | {:.3} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.2} | {:.1} | {} |\n",
             r.scenario,
             r.concurrency,
             r.per_second,
@@ -327,7 +333,9 @@ fn report_rows(out: &mut String, rows: &[Row]) {
             r.errors,
             s.cpu_us,
             s.context_switches,
-            s.io_calls
+            s.io_calls,
+            // Vault and PostgreSQL together; "—" on SQLite, where the database is the vault.
+            s.database_cpu_us.map_or("—".to_owned(), |db| format!("{:.1} (database {db:.1})", s.cpu_us + db))
         ));
     }
 }

@@ -1,6 +1,7 @@
 //! What the server process spent, read from Linux's /proc between two samples: CPU time of the
 //! process and of each of its threads (grouped by thread name), context switches, read/write
-//! system calls and resident memory.
+//! system calls and resident memory; with PostgreSQL, the CPU time of the database's own
+//! processes as well, so that a request's whole cost can be reported.
 //!
 //! Owns: reading /proc of another process. Must never: measure the driver's own process as if
 //! it were the server's.
@@ -31,6 +32,26 @@ pub struct ServerUse {
     pub by_thread: Vec<(String, f64)>,
     pub context_switches: f64,
     pub io_calls: f64,
+    /// CPU µs per request of the PostgreSQL processes (when the vault runs on PostgreSQL).
+    pub database_cpu_us: Option<f64>,
+}
+
+/// CPU ticks of every process on this machine named `postgres` (the cluster's postmaster,
+/// backends and background workers keep that `comm` whatever their title says). Backends that
+/// end between two samples take their time with them; the vault's pool keeps its connections.
+pub fn database_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| thread_name(stat).as_deref() == Some("postgres"))
+        .filter_map(|stat| cpu_ticks(&stat))
+        .sum()
+}
+
+/// CPU µs per request of the database between two [`database_ticks`] readings.
+pub fn database_per_request(before: u64, after: u64, requests: usize) -> f64 {
+    after.saturating_sub(before) as f64 / TICKS_PER_SECOND * 1e6 / requests.max(1) as f64
 }
 
 /// Reads the process `pid`; `None` when it is gone or /proc is not readable.
@@ -87,6 +108,7 @@ pub fn per_request(before: &Sample, after: &Sample, requests: usize) -> ServerUs
         by_thread,
         context_switches: switches as f64 / n,
         io_calls: after.io_calls.saturating_sub(before.io_calls) as f64 / n,
+        database_cpu_us: None,
     }
 }
 
