@@ -4,7 +4,7 @@
 //!
 //! Owns: PostgreSQL's SQL. Must never: see plaintext or key material, or know HTTP.
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -22,10 +22,15 @@ pub struct PgStore {
 impl PgStore {
     /// Connects and applies pending migrations.
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        // JIT off for the vault's sessions: its statements are point reads and small writes,
+        // but a cost estimate over the JIT threshold (stale statistics after a bulk load do
+        // it) made PostgreSQL compile every batch read: ≈ 10 ms of a 100-record batch-get's
+        // ≈ 16 ms of database CPU, for nothing.
+        let connect = url.parse::<PgConnectOptions>()?.options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
-            .connect(url)
+            .connect_with(connect)
             .await?;
         MIGRATOR.run(&pool).await?;
         Ok(PgStore { read: pool.clone(), write: pool })
