@@ -1,4 +1,5 @@
-//! The `custodia` command line: `serve`, `migrate`, `token`, `openapi`.
+//! The `custodia` command line: `serve`, `migrate`, `backup`, `token`, `openapi`, and the
+//! administration, key, retention and audit commands.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -87,6 +88,14 @@ enum Command {
         database_url: Option<String>,
         #[command(subcommand)]
         command: RetentionCommand,
+    },
+    /// Copy a SQLite vault, consistently, while it serves (PostgreSQL: see docs/OPERATIONS.md).
+    Backup {
+        /// The backup file to create; it must not exist.
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long, env = "CUSTODIA_DATABASE_URL")]
+        database_url: Option<String>,
     },
     /// The access audit.
     Audit {
@@ -238,6 +247,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Err(e) => Err(e.into()),
             }
+        }
+        Command::Backup { to, database_url } => {
+            let url = database_url.unwrap_or(config.database_url);
+            let report = custodia::store::backup(&url, &to).await?;
+            let keys = if config.keys_pkcs11.is_some() {
+                "the PKCS#11 token".to_owned()
+            } else if let Some(var) = &config.keys_env {
+                format!("the environment variable {var}")
+            } else {
+                config.keys_file.display().to_string()
+            };
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            eprintln!(
+                "backup written: {} ({} bytes, {} customers, audit through event {}). It holds sealed \
+                 fields and wrapped data keys only: keep the key-encryption keys ({}) backed up apart \
+                 from it; without them it cannot be read.",
+                report.path.display(),
+                report.bytes,
+                report.customers,
+                report.audit_seq,
+                keys
+            );
+            Ok(())
         }
         Command::Audit { command: AuditCommand::Verify { database_url, public_key } } => {
             let url = database_url.unwrap_or(config.database_url);

@@ -481,6 +481,21 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<std::sync::Arc<dy
     }
 }
 
+/// An online, consistent backup of the vault at `url` into the file `to` (which must not
+/// exist), taken while the vault serves. SQLite only: PostgreSQL is backed up with its own
+/// tools (`pg_basebackup` or `pg_dump`, docs/OPERATIONS.md).
+pub async fn backup(url: &str, to: &std::path::Path) -> Result<sqlite::backup::BackupReport, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(StoreError::Config(
+            "PostgreSQL is backed up with pg_basebackup or pg_dump (see docs/OPERATIONS.md), not by custodia".into(),
+        ));
+    }
+    let (url, to) = (url.to_owned(), to.to_path_buf());
+    tokio::task::spawn_blocking(move || sqlite::backup::backup(&url, &to))
+        .await
+        .map_err(|_| StoreError::Corrupt("the backup thread stopped"))?
+}
+
 pub(crate) fn parse_kind(s: &str) -> Result<CustomerKind, StoreError> {
     CustomerKind::parse(s).ok_or(StoreError::Corrupt("unknown customer kind"))
 }

@@ -15,4 +15,5 @@ mod gate;
 mod lifecycle;
 mod logs;
 mod openapi;
+mod ops;
 mod views;

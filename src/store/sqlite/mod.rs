@@ -10,6 +10,7 @@
 //!
 //! Owns: SQLite's SQL. Must never: see plaintext or key material, or know HTTP.
 
+pub mod backup;
 mod connections;
 mod migrate;
 mod rows;
