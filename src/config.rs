@@ -36,6 +36,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Whole-request time limit.
     pub request_timeout_ms: u64,
+    /// On SIGTERM: how long the requests in flight may take to finish before the process
+    /// exits anyway (with status 1 and an error saying so).
+    pub shutdown_grace_ms: u64,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
     /// Reveals (and data-subject exports) allowed per principal per hour, across instances.
@@ -113,6 +116,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             log_format: LogFormat::Text,
             request_timeout_ms: 10_000,
+            shutdown_grace_ms: 20_000,
             body_limit_bytes: 64 * 1024,
             reveals_per_hour: 20,
             searches_per_hour: 200,
@@ -238,6 +242,9 @@ impl Config {
         }
         if self.trusted_proxies.iter().any(|c| c.parse::<crate::api::proxy::Cidr>().is_err()) {
             return Err(ConfigError::Invalid("trusted_proxies: every entry must be an address or CIDR block"));
+        }
+        if self.shutdown_grace_ms == 0 {
+            return Err(ConfigError::Invalid("shutdown_grace_ms must be positive"));
         }
         if self.body_limit_bytes < 1024 || self.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid("body_limit_bytes must be at least 1024 and request_timeout_ms positive"));

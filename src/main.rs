@@ -388,12 +388,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         #[cfg(not(unix))]
         ctrl_c.await
     };
-    tokio::select! {
-        r = shutdown => {
-            r?;
-            tracing::info!("shutting down");
-            server.stop().await?;
+    shutdown.await?;
+    let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
+    tracing::info!(
+        grace_ms = config.shutdown_grace_ms,
+        "shutting down: no new connections, finishing requests in flight"
+    );
+    match tokio::time::timeout(grace, server.stop()).await {
+        Ok(stopped) => {
+            stopped?;
+            tracing::info!("stopped: every request answered");
+            Ok(())
         }
+        Err(_) => anyhow::bail!(
+            "requests still in flight after the {} ms shutdown grace period (shutdown_grace_ms); exiting without them",
+            config.shutdown_grace_ms
+        ),
     }
-    Ok(())
 }
