@@ -84,6 +84,7 @@ impl StoreError {
                     | Code::DatabaseLocked
                     | Code::CannotOpen
                     | Code::SystemIoFailure
+                    | Code::DiskFull
                     | Code::OutOfMemory
             ),
             _ => false,

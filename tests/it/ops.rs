@@ -259,3 +259,123 @@ async fn a_request_stalled_past_the_grace_period_does_not_hold_the_exit() {
     child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
     assert!(err.contains("shutdown grace period"), "{err}");
 }
+
+/// A size-limited tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` (with a message) where mounting is not permitted.
+    fn mount(megabytes: u32) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs", path.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("SKIPPED: full-disk test: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(SmallDisk { path, _dir: dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").args(["-l", self.path.to_str().unwrap()]).status();
+    }
+}
+
+/// Fills the file system holding `dir` with one file; returns it.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 16 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    while f.write_all(&chunk[..512]).is_ok() {}
+    let _ = f.sync_all();
+    filler
+}
+
+/// The protection: a response whose audit event was not committed is withheld and replaced
+/// by 503 `audit_unavailable` (src/api/audit.rs, the `Err(e)` arm after `state.audit.append`).
+/// Return `response` there instead and the reads while the disk is full are answered 200
+/// without their events: this test fails on "answered without its audit event".
+#[tokio::test]
+async fn a_full_disk_refuses_with_503_serves_nothing_unaudited_and_recovers() {
+    let Some(disk) = SmallDisk::mount(24) else { return };
+    let db = Db::Sqlite { _dir: tempfile::tempdir_in(&disk.path).unwrap(), path: disk.path.join("vault.db") };
+    let h = Harness::start_with(db, |c| c.audit.checkpoint_every = 25).await;
+    h.grant(SO_FULL, "security_officer", "CN").await;
+    let known = h.create(individual("3201")).await;
+    let filler = fill(&disk.path);
+
+    // Creates until the disk refuses (the WAL reuses its space for a while first).
+    let mut refused = None;
+    let mut created_while_full = Vec::new();
+    for i in 0..4000 {
+        let r = h.post("/v1/customers", ALICE, &individual("3201")).send().await.unwrap();
+        match r.status().as_u16() {
+            201 => created_while_full.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()),
+            status => {
+                let kind = r.headers()["content-type"].to_str().unwrap().to_owned();
+                refused = Some((i, status, kind, r.text().await.unwrap()));
+                break;
+            }
+        }
+    }
+    let (at, status, kind, body) = refused.expect("the full disk never refused a create");
+    eprintln!("full disk: the create after {at} was refused with {status}");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(kind, "application/problem+json");
+
+    // Reads while full: each is refused, or answered with its event (checked after recovery).
+    let mut answered = Vec::new();
+    for n in 0..20 {
+        let rid = format!("full-disk-read-{n}");
+        let r = h.get(&format!("/v1/customers/{known}"), ALICE).header("x-request-id", &rid).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        match status {
+            200 => answered.push(rid),
+            503 => assert!(!body.contains("欧阳") && !body.contains("5678"), "a refusal carried data: {body}"),
+            other => panic!("read while the disk is full: {other} {body}"),
+        }
+    }
+    eprintln!("full disk: {} of 20 reads answered", answered.len());
+    assert_eq!(h.client.get(h.url("/readyz")).send().await.unwrap().status(), 200, "reads still work");
+
+    // Space comes back: the vault recovers by itself.
+    std::fs::remove_file(&filler).unwrap();
+    let mut recovered = false;
+    for _ in 0..50 {
+        if h.post("/v1/customers", ALICE, &individual("3201")).send().await.unwrap().status() == 201 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "no create succeeded within 5 s of freeing space");
+    for rid in &answered {
+        assert_eq!(h.audit_rows(rid).await.len(), 1, "read {rid} was answered without its audit event");
+    }
+    for id in &created_while_full {
+        assert_eq!(h.get(&format!("/v1/customers/{id}"), ALICE).send().await.unwrap().status(), 200);
+    }
+    let r = h.client.get(h.url("/v1/audit/verify")).bearer_auth(mint(SO_FULL)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    let check = on_sqlite(&disk.path.join("vault.db"), |c| {
+        c.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)).unwrap()
+    })
+    .await;
+    assert_eq!(check, "ok");
+}
+
+const SO_FULL: &str = "sec.officer.disk";
