@@ -180,13 +180,11 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     let router = api::router(state.clone(), limits);
     spawn_maintenance(Arc::downgrade(&state.vault), Duration::from_secs(config.retention.interval_seconds));
     let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await
-    });
+    let limits = api::listener::ConnectionLimits {
+        max_connections: config.max_client_connections,
+        header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+    };
+    let handle = tokio::spawn(api::listener::serve(listener, router, limits, rx));
     Ok(RunningServer { addr, state, shutdown: Some(tx), handle })
 }
 

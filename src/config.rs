@@ -39,6 +39,12 @@ pub struct Config {
     /// On SIGTERM: how long the requests in flight may take to finish before the process
     /// exits anyway (with status 1 and an error saying so).
     pub shutdown_grace_ms: u64,
+    /// Client connections open at once; past it, new ones wait in the kernel's backlog. Keep
+    /// it below the process's file-descriptor limit (`ulimit -n`).
+    pub max_client_connections: usize,
+    /// Time a client has to send a request's headers before it is disconnected (slowloris);
+    /// an idle keep-alive connection is closed after it too.
+    pub header_read_timeout_ms: u64,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
     /// Reveals (and data-subject exports) allowed per principal per hour, across instances.
@@ -117,6 +123,8 @@ impl Default for Config {
             log_format: LogFormat::Text,
             request_timeout_ms: 10_000,
             shutdown_grace_ms: 20_000,
+            max_client_connections: 1_000,
+            header_read_timeout_ms: 30_000,
             body_limit_bytes: 64 * 1024,
             reveals_per_hour: 20,
             searches_per_hour: 200,
@@ -242,6 +250,9 @@ impl Config {
         }
         if self.trusted_proxies.iter().any(|c| c.parse::<crate::api::proxy::Cidr>().is_err()) {
             return Err(ConfigError::Invalid("trusted_proxies: every entry must be an address or CIDR block"));
+        }
+        if self.max_client_connections == 0 || self.header_read_timeout_ms == 0 {
+            return Err(ConfigError::Invalid("max_client_connections and header_read_timeout_ms must be positive"));
         }
         if self.shutdown_grace_ms == 0 {
             return Err(ConfigError::Invalid("shutdown_grace_ms must be positive"));

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod grants;
 pub mod health;
 pub mod lifecycle;
+pub mod listener;
 pub mod middleware;
 pub mod openapi;
 pub mod problem;

@@ -379,3 +379,82 @@ async fn a_full_disk_refuses_with_503_serves_nothing_unaudited_and_recovers() {
 }
 
 const SO_FULL: &str = "sec.officer.disk";
+
+/// A request to `/healthz` on a fresh connection, answered within `within`.
+async fn healthy_within(base: &str, within: Duration) -> bool {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    matches!(
+        tokio::time::timeout(within, client.get(format!("{base}/healthz")).send()).await,
+        Ok(Ok(r)) if r.status() == 200
+    )
+}
+
+/// The protection: the header-read timeout on the listener (src/api/listener.rs,
+/// `header_read_timeout`; axum::serve has none, so a trickling client held its connection
+/// for ever). Remove it and the trickled connection is never closed.
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start_with(Db::sqlite(), |c| c.header_read_timeout_ms = 500).await;
+    let addr = h.base.strip_prefix("http://").unwrap().to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let trickle = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if slow.write_all(b"X").await.is_err() {
+                return Some(started.elapsed());
+            }
+            let mut buf = [0u8; 256];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await {
+                if n == 0 || !String::from_utf8_lossy(&buf[..n]).contains("200") {
+                    return Some(started.elapsed()); // closed (or refused with 408)
+                }
+            }
+        }
+        None
+    });
+    assert!(healthy_within(&h.base, Duration::from_secs(1)).await, "a well-behaved client was not served");
+    let cut = trickle.await.unwrap().expect("the trickling client kept its connection for 5 s");
+    assert!(cut < Duration::from_secs(3), "cut off only after {cut:?}");
+}
+
+/// The protection: the connection limit on the listener (src/api/listener.rs, the semaphore
+/// of `max_connections`). Remove it and the ninth connection is served at once.
+#[tokio::test]
+async fn connections_past_the_limit_wait_until_one_closes() {
+    let h = Harness::start_with(Db::sqlite(), |c| c.max_client_connections = 8).await;
+    let addr = h.base.strip_prefix("http://").unwrap().to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!healthy_within(&h.base, Duration::from_millis(800)).await, "a ninth connection was served");
+    drop(idle);
+    assert!(healthy_within(&h.base, Duration::from_secs(2)).await, "not served once the idle connections closed");
+}
+
+/// Thousands of idle connections against a small limit and a short header timeout: they are
+/// cut off in turn and a well-behaved client is served. Remove the header timeout and the
+/// idle connections keep the 64 slots for ever: the client starves and this fails.
+#[tokio::test]
+async fn a_flood_of_idle_connections_does_not_starve_a_well_behaved_client() {
+    let h = Harness::start_with(Db::sqlite(), |c| {
+        c.max_client_connections = 64;
+        c.header_read_timeout_ms = 300;
+    })
+    .await;
+    let addr = h.base.strip_prefix("http://").unwrap().to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        match tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(s)) => idle.push(s),
+            _ => break, // the backlog is full: the rest would wait in SYN
+        }
+    }
+    assert!(idle.len() > 64, "only {} idle connections opened", idle.len());
+    assert!(healthy_within(&h.base, Duration::from_secs(5)).await, "the well-behaved client starved");
+    drop(idle);
+}
