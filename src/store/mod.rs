@@ -46,6 +46,9 @@ pub enum StoreError {
     SeparationOfDuties,
     #[error("unsupported database url: {0}")]
     Config(String),
+    /// A backup could not be made (see [`backup`]); nothing is left at its target.
+    #[error("backup refused or failed: {0}")]
+    Backup(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -487,14 +490,14 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<std::sync::Arc<dy
 /// tools (`pg_basebackup` or `pg_dump`, docs/OPERATIONS.md).
 pub async fn backup(url: &str, to: &std::path::Path) -> Result<sqlite::backup::BackupReport, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(StoreError::Config(
+        return Err(StoreError::Backup(
             "PostgreSQL is backed up with pg_basebackup or pg_dump (see docs/OPERATIONS.md), not by custodia".into(),
         ));
     }
     let (url, to) = (url.to_owned(), to.to_path_buf());
     tokio::task::spawn_blocking(move || sqlite::backup::backup(&url, &to))
         .await
-        .map_err(|_| StoreError::Corrupt("the backup thread stopped"))?
+        .map_err(|_| StoreError::Backup("the backup thread stopped".into()))?
 }
 
 pub(crate) fn parse_kind(s: &str) -> Result<CustomerKind, StoreError> {
