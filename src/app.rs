@@ -91,7 +91,11 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
         tracing::warn!("{EXAMPLE_TOKEN_WARNING}");
     }
     let catalogue = Catalogue::builtin()?;
-    let options = StoreOptions { max_connections: config.max_connections, ..StoreOptions::default() };
+    let options = StoreOptions {
+        max_connections: config.max_connections,
+        call_timeout: Duration::from_millis(config.database_timeout_ms),
+        ..StoreOptions::default()
+    };
     let store = store::open(&config.database_url, &options).await?;
     tracing::info!(backend = ?store.backend(), "database ready, migrations applied");
     let policy = Policy::builtin().await?;

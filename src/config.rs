@@ -26,6 +26,10 @@ pub struct Config {
     pub database_url: String,
     /// Maximum database connections (readers, for SQLite).
     pub max_connections: u32,
+    /// PostgreSQL: the deadline of every database call, waiting for a connection included.
+    /// Past it the call fails (503) and calls are refused at once until the database answers
+    /// a probe again. Keep it well below `request_timeout_ms`.
+    pub database_timeout_ms: u64,
     /// Key file with the key-encryption keys and the blind-index root.
     pub keys_file: PathBuf,
     /// When set, the keys come from this environment variable (the key file's TOML) instead.
@@ -116,6 +120,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://data/custodia.db".into(),
             max_connections: 16,
+            database_timeout_ms: 3_000,
             keys_file: PathBuf::from("keys-example/keys.toml"),
             keys_env: None,
             keys_pkcs11: None,
@@ -256,6 +261,9 @@ impl Config {
         }
         if self.shutdown_grace_ms == 0 {
             return Err(ConfigError::Invalid("shutdown_grace_ms must be positive"));
+        }
+        if self.database_timeout_ms == 0 || self.database_timeout_ms >= self.request_timeout_ms {
+            return Err(ConfigError::Invalid("database_timeout_ms must be positive and below request_timeout_ms"));
         }
         if self.body_limit_bytes < 1024 || self.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid("body_limit_bytes must be at least 1024 and request_timeout_ms positive"));

@@ -12,6 +12,7 @@ use crate::audit::{AuditEvent, Checkpoint, StoredEvent};
 use crate::crypto::WrappedKey;
 use crate::domain::{CustomerKind, CustomerStatus, RegionId, RegionLevel};
 
+pub mod breaker;
 pub mod group;
 pub mod postgres;
 pub mod sqlite;
@@ -39,6 +40,13 @@ pub enum StoreError {
     /// pool reports `Unavailable`).
     #[error("database busy: no connection free in time")]
     Saturated,
+    /// A call to a networked database did not finish within its deadline (see [`breaker`]).
+    #[error("database call exceeded its deadline")]
+    DeadlineExceeded,
+    /// The database was found unreachable and has not answered a probe since (see
+    /// [`breaker`]): refused without trying.
+    #[error("database unreachable: refused until it answers a probe")]
+    Unreachable,
     #[error("stored row is corrupt: {0}")]
     Corrupt(&'static str),
     /// The database refused a grant: the principal holds unrevoked grants of another duty.
@@ -55,6 +63,14 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                StoreError::Unavailable(e)
+            }
+            // The server is going away or cannot take the session: SQLSTATE class 08
+            // (connection exception), 53 (insufficient resources: too many connections, disk
+            // full) and 57 (operator intervention: admin or crash shutdown, cannot connect now).
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57")) =>
+            {
                 StoreError::Unavailable(e)
             }
             other => StoreError::Database(other),
@@ -80,7 +96,10 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         use rusqlite::ErrorCode as Code;
         match self {
-            StoreError::Unavailable(_) | StoreError::Saturated => true,
+            StoreError::Unavailable(_)
+            | StoreError::Saturated
+            | StoreError::DeadlineExceeded
+            | StoreError::Unreachable => true,
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
                 Code::DatabaseBusy
@@ -90,6 +109,19 @@ impl StoreError {
                     | Code::DiskFull
                     | Code::OutOfMemory
             ),
+            _ => false,
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the database could not be reached at all — refused or reset connections, a
+    /// server shutting down, a call past its deadline — as opposed to being busy or refusing
+    /// a statement. Opens the [`breaker`].
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(sqlx::Error::PoolClosed) => false,
+            StoreError::Unavailable(_) | StoreError::DeadlineExceeded | StoreError::Unreachable => true,
             _ => false,
         }
     }
@@ -465,12 +497,20 @@ where
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     pub max_connections: u32,
+    /// How long a call waits for a connection (SQLite's turns; PostgreSQL's pool).
     pub acquire_timeout: std::time::Duration,
+    /// The deadline of every call to a networked database, connection included
+    /// ([`breaker`]).
+    pub call_timeout: std::time::Duration,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { max_connections: 16, acquire_timeout: std::time::Duration::from_secs(5) }
+        StoreOptions {
+            max_connections: 16,
+            acquire_timeout: std::time::Duration::from_secs(5),
+            call_timeout: std::time::Duration::from_secs(5),
+        }
     }
 }
 
@@ -479,7 +519,8 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<std::sync::Arc<dy
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url, options).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(postgres::PgStore::open(url, options).await?))
+        let store = std::sync::Arc::new(postgres::PgStore::open(url, options).await?);
+        Ok(std::sync::Arc::new(breaker::Breaker::new(store, options.call_timeout)))
     } else {
         Err(StoreError::Config("expected sqlite://PATH or postgres://…".into()))
     }

@@ -29,7 +29,7 @@ impl PgStore {
         let connect = url.parse::<PgConnectOptions>()?.options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
-            .acquire_timeout(options.acquire_timeout)
+            .acquire_timeout(options.acquire_timeout.min(options.call_timeout))
             .connect_with(connect)
             .await?;
         MIGRATOR.run(&pool).await?;

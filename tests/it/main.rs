@@ -11,6 +11,7 @@ mod authz;
 mod cli;
 mod customers;
 mod encryption;
+mod faults;
 mod gate;
 mod lifecycle;
 mod logs;
