@@ -106,6 +106,7 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
     }
     let options = VaultOptions {
         retention: config.retention.parsed(),
+        idempotency_window: Duration::from_secs(config.idempotency_window_seconds),
         budgets: crate::vault::limits::BudgetPolicy {
             reveals_per_hour: config.reveals_per_hour,
             searches_per_hour: config.searches_per_hour,
@@ -221,6 +222,9 @@ fn spawn_maintenance(vault: std::sync::Weak<Vault>, retention_every: Duration) {
                 last_prune = tokio::time::Instant::now();
                 if let Err(e) = vault.prune_budgets().await {
                     tracing::warn!(error = %e, "budget counts not pruned");
+                }
+                if let Err(e) = vault.prune_idempotency().await {
+                    tracing::warn!(error = %e, "expired idempotency keys not pruned");
                 }
             }
             if !retention_every.is_zero() && last_retention.elapsed() >= retention_every {

@@ -58,6 +58,9 @@ pub struct Config {
     pub searches_per_hour: u32,
     /// Searches finding nothing, per principal per hour, that raise a security alert.
     pub search_miss_alarm: u32,
+    /// How long a write's `Idempotency-Key` is remembered: a retry with the same key within
+    /// it returns the first outcome instead of applying again.
+    pub idempotency_window_seconds: u64,
     /// Peers (CIDR blocks) whose `X-Forwarded-For` is believed: load balancers, proxies.
     pub trusted_proxies: Vec<String>,
     pub auth: AuthConfig,
@@ -134,6 +137,7 @@ impl Default for Config {
             reveals_per_hour: 20,
             searches_per_hour: 200,
             search_miss_alarm: 50,
+            idempotency_window_seconds: 86_400,
             trusted_proxies: Vec::new(),
             auth: AuthConfig::default(),
             audit: AuditConfig::default(),
@@ -261,6 +265,9 @@ impl Config {
         }
         if self.shutdown_grace_ms == 0 {
             return Err(ConfigError::Invalid("shutdown_grace_ms must be positive"));
+        }
+        if self.idempotency_window_seconds == 0 || self.idempotency_window_seconds > 30 * 86_400 {
+            return Err(ConfigError::Invalid("idempotency_window_seconds must be between 1 and 2592000 (30 days)"));
         }
         if self.database_timeout_ms == 0 || self.database_timeout_ms >= self.request_timeout_ms {
             return Err(ConfigError::Invalid("database_timeout_ms must be positive and below request_timeout_ms"));

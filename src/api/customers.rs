@@ -202,7 +202,7 @@ fn data_headers(version: i64) -> HeaderMap {
 /// Create a customer record.
 #[utoipa::path(
     post, path = "/v1/customers", tag = "customers",
-    params(("X-Purpose" = String, Header, description = "The purpose of the request, from policies/purposes.toml")),
+    params(("X-Purpose" = String, Header, description = "The purpose of the request, from policies/purposes.toml"), ("Idempotency-Key" = Option<String>, Header, description = "Retry safely: a retry with the same key and request returns the first outcome and applies nothing (422 with another request); per principal, remembered for idempotency_window_seconds")),
     request_body = CreateCustomerRequest,
     responses(
         (status = 201, description = "Created", body = CustomerMeta,
@@ -368,6 +368,7 @@ pub async fn reveal(
         ("id" = Uuid, Path, description = "Customer id"),
         ("If-Match" = String, Header, description = "The version being changed, as in the ETag"),
         ("X-Purpose" = String, Header, description = "The purpose of the request, from policies/purposes.toml"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retry safely: a retry with the same key and request returns the first outcome and applies nothing (422 with another request); per principal, remembered for idempotency_window_seconds"),
     ),
     request_body = UpdateCustomerRequest,
     responses(

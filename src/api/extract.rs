@@ -130,7 +130,12 @@ impl FromRequestParts<AppState> for Caller {
                 String::new()
             }
         });
-        Ok(Caller { principal, purpose, action, audit })
+        let idempotency = match parts.extensions.get::<super::idempotency::IdempotencyHeader>() {
+            None => None,
+            Some(super::idempotency::IdempotencyHeader::Valid(request)) => Some(request.clone()),
+            Some(super::idempotency::IdempotencyHeader::Malformed) => return Err(super::idempotency::malformed()),
+        };
+        Ok(Caller { principal, purpose, action, audit, idempotency })
     }
 }
 

@@ -103,6 +103,7 @@ const FORBIDDEN: &str = "Not permitted: no grant, or delegation outside scope, r
 /// Grant a role at a region node (delegation).
 #[utoipa::path(
     post, path = "/v1/grants", tag = "grants",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry safely: a retry with the same key and request returns the first outcome and applies nothing (422 with another request); per principal, remembered for idempotency_window_seconds")),
     request_body = CreateGrantRequest,
     responses(
         (status = 201, description = "Created", body = Grant, headers(("Location" = String))),

@@ -30,8 +30,10 @@ pub struct CustomerExport {
 /// Erase a customer (crypto-shredding; a tombstone remains).
 #[utoipa::path(
     delete, path = "/v1/customers/{id}", tag = "customers",
-    params(("id" = uuid::Uuid, Path, description = "Customer id"), ("X-Purpose" = String, Header, description = "data_subject_request")),
+    params(("id" = uuid::Uuid, Path, description = "Customer id"), ("X-Purpose" = String, Header, description = "data_subject_request"), ("Idempotency-Key" = Option<String>, Header, description = "Retry safely: a retry with the same key and request returns the first outcome and applies nothing (422 with another request); per principal, remembered for idempotency_window_seconds")),
     responses(
+        (status = 400, description = "Malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency-Key used before with another request", body = Problem, content_type = "application/problem+json"),
         (status = 204, description = "Erased"),
         (status = 403, description = "Not permitted for this purpose", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer in the caller's scope", body = Problem, content_type = "application/problem+json"),
@@ -88,8 +90,10 @@ pub async fn export(
 /// Restrict a customer (PIPL art. 47): kept, readable only for legal_request.
 #[utoipa::path(
     post, path = "/v1/customers/{id}/restrict", tag = "customers",
-    params(("id" = uuid::Uuid, Path, description = "Customer id"), ("X-Purpose" = String, Header, description = "data_subject_request")),
+    params(("id" = uuid::Uuid, Path, description = "Customer id"), ("X-Purpose" = String, Header, description = "data_subject_request"), ("Idempotency-Key" = Option<String>, Header, description = "Retry safely: a retry with the same key and request returns the first outcome and applies nothing (422 with another request); per principal, remembered for idempotency_window_seconds")),
     responses(
+        (status = 400, description = "Malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency-Key used before with another request", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "Restricted", body = CustomerMeta),
         (status = 403, description = "Not permitted for this purpose", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer in the caller's scope", body = Problem, content_type = "application/problem+json"),
@@ -107,8 +111,10 @@ pub async fn restrict(
 /// Lift a restriction.
 #[utoipa::path(
     post, path = "/v1/customers/{id}/unrestrict", tag = "customers",
-    params(("id" = uuid::Uuid, Path, description = "Customer id"), ("X-Purpose" = String, Header, description = "data_subject_request")),
+    params(("id" = uuid::Uuid, Path, description = "Customer id"), ("X-Purpose" = String, Header, description = "data_subject_request"), ("Idempotency-Key" = Option<String>, Header, description = "Retry safely: a retry with the same key and request returns the first outcome and applies nothing (422 with another request); per principal, remembered for idempotency_window_seconds")),
     responses(
+        (status = 400, description = "Malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency-Key used before with another request", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "Active again", body = CustomerMeta),
         (status = 403, description = "Not permitted for this purpose", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such customer in the caller's scope", body = Problem, content_type = "application/problem+json"),

@@ -7,6 +7,7 @@ pub mod customers;
 pub mod extract;
 pub mod grants;
 pub mod health;
+pub mod idempotency;
 pub mod lifecycle;
 pub mod listener;
 pub mod middleware;
@@ -145,6 +146,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     let v1 = v1
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(move |req, next| idempotency::fingerprint(limits.body_bytes, req, next)))
         // Inside the audit layer (which also bounds the request's time), so that panics and
         // timeouts are audited too.
         .layer(CatchPanicLayer::custom(middleware::panic_response))

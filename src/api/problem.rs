@@ -167,6 +167,10 @@ impl From<VaultError> for ApiError {
                     .detail("bulk access detected: data requests are refused until a security officer clears the alert")
             }
             VaultError::AuditUnavailable => ApiError::audit_unavailable(),
+            VaultError::IdempotencyKeyReused => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", "Idempotency-Key reused")
+                    .detail("this Idempotency-Key was used with another request; use a new key for a new request")
+            }
             VaultError::Restricted => ApiError::new(StatusCode::FORBIDDEN, "customer_restricted", "Restricted")
                 .detail("the customer's data is restricted (PIPL art. 47): readable only for legal_request"),
             VaultError::Keys(ref inner) => {

@@ -81,6 +81,9 @@ pub struct AuditEvent {
     /// Ids asked for but not disclosed (missing, out of scope or restricted), as a canonical
     /// JSON array; `None` when every id asked for was disclosed.
     pub undisclosed: Option<String>,
+    /// Not part of the event or its chain: the idempotency key and first outcome of the write
+    /// this event records, committed in the same transaction as the write and the event.
+    pub idempotency: Option<Box<crate::store::IdempotencyRecord>>,
 }
 
 impl AuditEvent {
@@ -105,6 +108,7 @@ impl AuditEvent {
             actor_region: None,
             subject_region: None,
             undisclosed: None,
+            idempotency: None,
         }
     }
 

@@ -27,8 +27,8 @@ use uuid::Uuid;
 
 use super::{
     AlertRecord, AuditHead, AuditQuery, AuthzState, Backend, BootstrapOutcome, Checkpoint, CustomerQuery,
-    CustomerRecord, CustomerUpdate, GrantQuery, GrantRecord, IndexEntry, Store, StoreError, Tombstone, UpdateOutcome,
-    WrappedKey,
+    CustomerRecord, CustomerUpdate, GrantQuery, GrantRecord, IdempotencyRecord, IndexEntry, Store, StoreError,
+    Tombstone, UpdateOutcome, WrappedKey,
 };
 use crate::audit::{AuditEvent, StoredEvent};
 use crate::domain::{CustomerKind, CustomerStatus, RegionId};
@@ -244,6 +244,17 @@ impl Store for Breaker {
     }
     async fn set_status(&self, id: Uuid, status: CustomerStatus, audit: &AuditEvent) -> Result<bool, StoreError> {
         self.call(self.inner.set_status(id, status, audit)).await
+    }
+    async fn idempotency(
+        &self,
+        principal: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.call(self.inner.idempotency(principal, key, now)).await
+    }
+    async fn prune_idempotency(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.call(self.inner.prune_idempotency(now)).await
     }
     async fn past_retention(
         &self,

@@ -254,6 +254,20 @@ pub struct AuditQuery {
     pub scopes: Option<Vec<RegionId>>,
 }
 
+/// A write's idempotency key and first outcome, committed in the same transaction as the
+/// write (it rides on the write's audit event: [`AuditEvent::idempotency`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub principal: String,
+    pub key: String,
+    /// SHA-256 of the request (method, path, `If-Match`, body).
+    pub fingerprint: Vec<u8>,
+    /// The outcome, as JSON: identifiers and versions, never field values.
+    pub outcome: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// What is left of an erased customer.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct Tombstone {
@@ -413,6 +427,15 @@ pub trait Store: Send + Sync + 'static {
     async fn tombstone(&self, id: Uuid) -> Result<Option<Tombstone>, StoreError>;
     /// Sets a record's status (a new version; fields untouched).
     async fn set_status(&self, id: Uuid, status: CustomerStatus, audit: &AuditEvent) -> Result<bool, StoreError>;
+    /// The unexpired idempotency record of `principal`'s `key`.
+    async fn idempotency(
+        &self,
+        principal: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// Deletes idempotency records expired before `now`; returns how many.
+    async fn prune_idempotency(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Ids of records of `kind` in `status` last changed before `before`.
     async fn past_retention(
         &self,

@@ -201,12 +201,43 @@ async fn append_events_in(
         qb.push(" ON CONFLICT DO NOTHING");
         qb.build().execute(&mut **tx).await?;
     }
+    for record in events.iter().filter_map(|e| e.idempotency.as_deref()) {
+        remember_in(tx, record).await?;
+    }
     sqlx::query("UPDATE audit_head SET seq = $1, chain_hash = $2 WHERE id = 1")
         .bind(seq)
         .bind(&head)
         .execute(&mut **tx)
         .await?;
     Ok(crate::store::AuditHead { seq, chain_hash: head })
+}
+
+/// Stores a write's idempotency key in its transaction, replacing an expired record of the
+/// same key. A live record of the same key fails the statement (a primary-key violation): a
+/// concurrent retry committed first, and this write must not apply.
+async fn remember_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    record: &crate::store::IdempotencyRecord,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND expires_at <= $3")
+        .bind(&record.principal)
+        .bind(&record.key)
+        .bind(record.created_at)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO idempotency_keys (principal, key, fingerprint, outcome, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&record.principal)
+    .bind(&record.key)
+    .bind(&record.fingerprint)
+    .bind(&record.outcome)
+    .bind(record.created_at)
+    .bind(record.expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// An event from its row; `lists` parses the customer-id and field texts (verification
@@ -240,6 +271,7 @@ fn event_from_row(
         actor_region: row.try_get("actor_region")?,
         subject_region: row.try_get("subject_region")?,
         undisclosed: row.try_get("undisclosed_ids")?,
+        idempotency: None,
     };
     Ok(crate::audit::StoredEvent {
         seq: row.try_get("seq")?,
@@ -1013,6 +1045,40 @@ impl crate::store::Store for PgStore {
         append_events_in(&mut tx, std::slice::from_ref(audit)).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn idempotency(
+        &self,
+        principal: &str,
+        key: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<crate::store::IdempotencyRecord>, StoreError> {
+        let mut conn = self.read.acquire().await.map_err(StoreError::Unavailable)?;
+        let row = sqlx::query(
+            "SELECT principal, key, fingerprint, outcome, created_at, expires_at FROM idempotency_keys \
+             WHERE principal = $1 AND key = $2 AND expires_at > $3",
+        )
+        .bind(principal)
+        .bind(key)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(crate::store::IdempotencyRecord {
+            principal: r.try_get(0)?,
+            key: r.try_get(1)?,
+            fingerprint: r.try_get(2)?,
+            outcome: r.try_get(3)?,
+            created_at: r.try_get(4)?,
+            expires_at: r.try_get(5)?,
+        }))
+    }
+
+    async fn prune_idempotency(&self, now: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+        let mut conn = self.write.acquire().await.map_err(StoreError::Unavailable)?;
+        let done =
+            sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1").bind(now).execute(&mut *conn).await?;
+        Ok(done.rows_affected())
     }
 
     async fn past_retention(

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::idempotency::Remembered;
 use super::{Caller, Vault, VaultError};
 use crate::authz::{Action, Budget, Permit, RecordAccess};
 use crate::crypto::{CryptoError, DataKey, FieldContext};
@@ -22,7 +23,7 @@ use crate::vault::limits::Counter;
 pub const MAX_PAGE: u32 = 100;
 
 /// A customer's routing and lifecycle data, without field values.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct CustomerSummary {
     pub id: Uuid,
     pub region: String,
@@ -330,6 +331,11 @@ impl Vault {
         let valid = draft.validate(&self.catalogue, self.regions)?;
         // Creating outside one's scope reveals nothing (no record exists yet): a plain refusal.
         let grant = self.gate.region(&permit, &valid.region)?;
+        if let Some(Remembered::Customer(first)) = self.replay(caller).await? {
+            caller.audit.add_customer(first.id);
+            caller.audit.set_grant(grant);
+            return Ok(first);
+        }
         let id = Uuid::now_v7();
         caller.audit.add_customer(id);
         caller.audit.set_grant(grant);
@@ -350,8 +356,15 @@ impl Vault {
             index: self.index_entries(&valid.fields),
         };
         let created = summary(&record);
+        let mut event = caller.audit.closed(201);
+        self.remember(caller, &Remembered::Customer(created.clone()), &mut event)?;
         // Group-committed with other creates waiting at the same moment, with its audit event.
-        self.creates.insert(record, caller.audit.closed(201)).await?;
+        if let Err(e) = self.creates.insert(record, event).await {
+            return match self.replay_after(caller, e.into()).await? {
+                Remembered::Customer(first) => Ok(first),
+                _ => Err(VaultError::IdempotencyKeyReused),
+            };
+        }
         caller.audit.mark_recorded();
         tracing::info!(customer_id = %id, region = %valid.region.as_str(), "customer created");
         Ok(created)
@@ -383,6 +396,9 @@ impl Vault {
     ) -> Result<CustomerSummary, VaultError> {
         let permit = self.admit(caller, Action::UpdateCustomer)?;
         let (record, _) = self.load_for(caller, &permit, id).await?;
+        if let Some(Remembered::Customer(first)) = self.replay(caller).await? {
+            return Ok(first);
+        }
         let present: Vec<String> = record.fields.iter().map(|f| f.name.clone()).collect();
         let patch = patch.validate(record.kind, &present, &self.catalogue, self.regions)?;
         // The event names the fields changed (names only, never values).
@@ -408,16 +424,27 @@ impl Vault {
             fields: Self::seal_fields(&key, version, &fields)?,
             index: self.index_entries(&fields),
         };
-        match self.store.update_customer(&update, &caller.audit.closed(200)).await? {
-            UpdateOutcome::Updated => caller.audit.mark_recorded(),
-            UpdateOutcome::NotFound => return Err(VaultError::NotFound),
-            UpdateOutcome::VersionConflict => return Err(VaultError::VersionConflict),
-        }
-        tracing::info!(customer_id = %id, version, "customer updated");
         let mut out = summary(&record);
         out.version = version;
         out.vip_level = update.vip_level;
         out.updated_at = update.updated_at;
+        let mut event = caller.audit.closed(200);
+        self.remember(caller, &Remembered::Customer(out.clone()), &mut event)?;
+        let failed = match self.store.update_customer(&update, &event).await {
+            Ok(UpdateOutcome::Updated) => None,
+            Ok(UpdateOutcome::NotFound) => Some(VaultError::NotFound),
+            Ok(UpdateOutcome::VersionConflict) => Some(VaultError::VersionConflict),
+            Err(e) => Some(e.into()),
+        };
+        if let Some(failed) = failed {
+            // A concurrent retry with the same key may have applied it first.
+            return match self.replay_after(caller, failed).await? {
+                Remembered::Customer(first) => Ok(first),
+                _ => Err(VaultError::IdempotencyKeyReused),
+            };
+        }
+        caller.audit.mark_recorded();
+        tracing::info!(customer_id = %id, version, "customer updated");
         Ok(out)
     }
 

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::idempotency::Remembered;
 use super::{Caller, Vault, VaultError};
 use crate::auth::valid_subject;
 use crate::authz::{Action, Denied, GrantStatus};
@@ -80,12 +81,26 @@ impl Vault {
             duty,
         };
         caller.audit.set_grant(delegation.parent);
-        match self.store.insert_grant(&record, &caller.audit.closed(201)).await {
-            Ok(()) => {}
-            // Another grant of another duty won a race past the snapshot check: the database
-            // refused this one.
-            Err(crate::store::StoreError::SeparationOfDuties) => return Err(Denied::SeparationOfDuties.into()),
-            Err(e) => return Err(e.into()),
+        if let Some(Remembered::Grant { id }) = self.replay(caller).await? {
+            let first = self.store.grant(id).await?.ok_or(VaultError::NotFound)?;
+            return Ok(self.view(first));
+        }
+        let mut event = caller.audit.closed(201);
+        self.remember(caller, &Remembered::Grant { id: record.id }, &mut event)?;
+        if let Err(e) = self.store.insert_grant(&record, &event).await {
+            let failed: VaultError = match e {
+                // Another grant of another duty won a race past the snapshot check: the
+                // database refused this one.
+                crate::store::StoreError::SeparationOfDuties => Denied::SeparationOfDuties.into(),
+                other => other.into(),
+            };
+            return match self.replay_after(caller, failed).await? {
+                Remembered::Grant { id } => {
+                    let first = self.store.grant(id).await?.ok_or(VaultError::NotFound)?;
+                    Ok(self.view(first))
+                }
+                _ => Err(VaultError::IdempotencyKeyReused),
+            };
         }
         caller.audit.mark_recorded();
         self.refresh_grants().await;

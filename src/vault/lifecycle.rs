@@ -8,6 +8,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::customers::crypto_error;
+use super::idempotency::Remembered;
 use super::{Caller, CustomerSummary, Vault, VaultError};
 use crate::audit::AuditHandle;
 use crate::authz::Action;
@@ -25,6 +26,13 @@ impl Vault {
     #[tracing::instrument(skip_all)]
     pub async fn erase_customer(&self, caller: &Caller, id: Uuid) -> Result<(), VaultError> {
         let permit = self.admit(caller, Action::EraseCustomer)?;
+        // Before the record is looked up: after the first erasure there is none to find.
+        if let Some(Remembered::Erased { id: first }) = self.replay(caller).await? {
+            if first == id {
+                caller.audit.add_customer(id);
+                return Ok(());
+            }
+        }
         let (record, _) = self.load_for(caller, &permit, id).await?;
         let tombstone = Tombstone {
             id,
@@ -33,8 +41,18 @@ impl Vault {
             erased_by: caller.principal.sub.clone(),
             reason: "data_subject_request".into(),
         };
-        if !self.store.erase_customer(&tombstone, &caller.audit.closed(204)).await? {
-            return Err(VaultError::NotFound);
+        let mut event = caller.audit.closed(204);
+        self.remember(caller, &Remembered::Erased { id }, &mut event)?;
+        let failed = match self.store.erase_customer(&tombstone, &event).await {
+            Ok(true) => None,
+            Ok(false) => Some(VaultError::NotFound),
+            Err(e) => Some(e.into()),
+        };
+        if let Some(failed) = failed {
+            return match self.replay_after(caller, failed).await? {
+                Remembered::Erased { id: first } if first == id => Ok(()),
+                _ => Err(VaultError::IdempotencyKeyReused),
+            };
         }
         caller.audit.mark_recorded();
         tracing::info!(customer_id = %id, "customer erased (crypto-shredded)");
@@ -81,13 +99,26 @@ impl Vault {
     ) -> Result<CustomerSummary, VaultError> {
         let permit = self.admit(caller, Action::RestrictCustomer)?;
         let (record, _) = self.load_for(caller, &permit, id).await?;
-        let status = if restrict { CustomerStatus::Restricted } else { CustomerStatus::Active };
-        if !self.store.set_status(id, status, &caller.audit.closed(200)).await? {
-            return Err(VaultError::NotFound);
+        if let Some(Remembered::Customer(first)) = self.replay(caller).await? {
+            return Ok(first);
         }
-        caller.audit.mark_recorded();
+        let status = if restrict { CustomerStatus::Restricted } else { CustomerStatus::Active };
         let mut summary = super::customers::summary_of(&record);
         summary.status = status;
+        let mut event = caller.audit.closed(200);
+        self.remember(caller, &Remembered::Customer(summary.clone()), &mut event)?;
+        let failed = match self.store.set_status(id, status, &event).await {
+            Ok(true) => None,
+            Ok(false) => Some(VaultError::NotFound),
+            Err(e) => Some(e.into()),
+        };
+        if let Some(failed) = failed {
+            return match self.replay_after(caller, failed).await? {
+                Remembered::Customer(first) => Ok(first),
+                _ => Err(VaultError::IdempotencyKeyReused),
+            };
+        }
+        caller.audit.mark_recorded();
         Ok(summary)
     }
 

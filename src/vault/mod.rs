@@ -7,6 +7,7 @@
 pub mod audit;
 mod customers;
 mod grants;
+pub mod idempotency;
 pub mod keys;
 mod lifecycle;
 pub mod limits;
@@ -60,6 +61,9 @@ pub enum VaultError {
     BulkAccessBlocked,
     #[error("audit unavailable")]
     AuditUnavailable,
+    /// The request's `Idempotency-Key` was used before with another request.
+    #[error("idempotency key reused with another request")]
+    IdempotencyKeyReused,
     #[error("keys: {0}")]
     Keys(crate::crypto::KeyFileError),
     /// The record is restricted (PIPL art. 47): only legal requests may read it.
@@ -95,6 +99,8 @@ pub struct Caller {
     pub purpose: Option<String>,
     pub action: Action,
     pub audit: AuditHandle,
+    /// The request's `Idempotency-Key`, for the writes that honour one.
+    pub idempotency: Option<idempotency::IdempotencyRequest>,
 }
 
 impl Caller {
@@ -112,6 +118,8 @@ pub struct VaultOptions {
     pub guard: GuardPolicy,
     /// Retention periods: (kind, status, days).
     pub retention: Vec<(crate::domain::CustomerKind, crate::domain::CustomerStatus, u32)>,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: std::time::Duration,
 }
 
 impl Default for VaultOptions {
@@ -120,6 +128,7 @@ impl Default for VaultOptions {
             budgets: BudgetPolicy::default(),
             guard: GuardPolicy { threshold: 500, window: std::time::Duration::from_secs(3600) },
             retention: Vec::new(),
+            idempotency_window: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -150,6 +159,7 @@ pub struct Vault {
     guard: Arc<BulkGuard>,
     verifier: Option<CheckpointVerifier>,
     retention: Vec<(crate::domain::CustomerKind, crate::domain::CustomerStatus, u32)>,
+    idempotency_window: chrono::Duration,
 }
 
 impl std::fmt::Debug for Vault {
@@ -185,6 +195,8 @@ impl Vault {
             guard,
             verifier,
             retention: options.retention,
+            idempotency_window: chrono::Duration::from_std(options.idempotency_window)
+                .unwrap_or_else(|_| chrono::Duration::days(1)),
         })
     }
 

@@ -13,6 +13,7 @@ mod customers;
 mod encryption;
 mod faults;
 mod gate;
+mod idempotency;
 mod lifecycle;
 mod logs;
 mod openapi;

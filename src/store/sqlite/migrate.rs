@@ -20,6 +20,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "erasure", include_str!("../../../migrations/sqlite/0005_erasure.sql")),
     (6, "gate", include_str!("../../../migrations/sqlite/0006_gate.sql")),
     (7, "audit links by seq", include_str!("../../../migrations/sqlite/0007_audit_links_by_seq.sql")),
+    (8, "idempotency", include_str!("../../../migrations/sqlite/0008_idempotency.sql")),
 ];
 
 const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (

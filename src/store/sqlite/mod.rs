@@ -30,8 +30,8 @@ use self::rows::{
 };
 use super::{
     AlertRecord, AuditHead, AuditQuery, AuthzState, Backend, BootstrapOutcome, CustomerQuery, CustomerRecord,
-    CustomerUpdate, GrantQuery, GrantRecord, IndexEntry, SealedField, Store, StoreError, StoreOptions, Tombstone,
-    UpdateOutcome,
+    CustomerUpdate, GrantQuery, GrantRecord, IdempotencyRecord, IndexEntry, SealedField, Store, StoreError,
+    StoreOptions, Tombstone, UpdateOutcome,
 };
 use crate::audit::{AuditEvent, Checkpoint, StoredEvent};
 use crate::crypto::WrappedKey;
@@ -182,9 +182,36 @@ fn append_events(c: &Connection, events: &[AuditEvent]) -> Result<AuditHead, Sto
             head = hash.to_vec();
         }
     }
+    for record in events.iter().filter_map(|e| e.idempotency.as_deref()) {
+        remember(c, record)?;
+    }
     c.prepare_cached("UPDATE audit_head SET seq = ?1, chain_hash = ?2 WHERE id = 1")?
         .execute((seq, head.as_slice()))?;
     Ok(AuditHead { seq, chain_hash: head })
+}
+
+/// Stores a write's idempotency key in its transaction, replacing an expired record of the
+/// same key. A live record of the same key fails the statement (a primary-key violation): a
+/// concurrent retry committed first, and this write must not apply.
+fn remember(c: &Connection, record: &IdempotencyRecord) -> Result<(), StoreError> {
+    let created = time_text(&record.created_at);
+    c.prepare_cached(
+        "DELETE FROM idempotency_keys WHERE principal = ?1 AND key = ?2 AND julianday(expires_at) <= julianday(?3)",
+    )?
+    .execute((&record.principal, &record.key, &created))?;
+    c.prepare_cached(
+        "INSERT INTO idempotency_keys (principal, key, fingerprint, outcome, created_at, expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute((
+        &record.principal,
+        &record.key,
+        record.fingerprint.as_slice(),
+        &record.outcome,
+        &created,
+        time_text(&record.expires_at),
+    ))?;
+    Ok(())
 }
 
 /// Records, their sealed fields, their blind-index entries (in key order: digests are random,
@@ -881,6 +908,45 @@ impl Store for SqliteStore {
             }
             append_events(c, std::slice::from_ref(&audit))?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn idempotency(
+        &self,
+        principal: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let (principal, key) = (principal.to_owned(), key.to_owned());
+        self.read(move |c| {
+            first(
+                c,
+                "SELECT principal, key, fingerprint, outcome, created_at, expires_at FROM idempotency_keys \
+                 WHERE principal = ?1 AND key = ?2 AND julianday(expires_at) > julianday(?3)",
+                params![principal, key, time_text(&now)],
+                |r| {
+                    Ok(IdempotencyRecord {
+                        principal: r.get(0)?,
+                        key: r.get(1)?,
+                        fingerprint: r.get(2)?,
+                        outcome: r.get(3)?,
+                        created_at: time_at(r, 4)?,
+                        expires_at: time_at(r, 5)?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    async fn prune_idempotency(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.write(move |c| {
+            let n = c.execute(
+                "DELETE FROM idempotency_keys WHERE julianday(expires_at) <= julianday(?1)",
+                [time_text(&now)],
+            )?;
+            Ok(n as u64)
         })
         .await
     }

@@ -157,6 +157,7 @@ pub(super) fn event_from(row: &Row<'_>, lists: bool) -> Result<StoredEvent, Stor
             subject_region: row.get(17)?,
             proxy: row.get(18)?,
             undisclosed: row.get(19)?,
+            idempotency: None,
         },
         customer_ids_text: ids_text,
         fields_text,
