@@ -9,6 +9,7 @@ mod audit;
 mod auth;
 mod authz;
 mod cli;
+mod crash;
 mod customers;
 mod encryption;
 mod faults;
