@@ -48,6 +48,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Metrics(#[from] crate::telemetry::prometheus::TelemetryError),
 }
 
 const EXAMPLE_KEYS_WARNING: &str =
@@ -157,6 +159,8 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub state: AppState,
+    /// The metrics endpoint, when `metrics_listen` is set (stops with the server).
+    pub metrics: Option<crate::telemetry::prometheus::MetricsServer>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<std::io::Result<()>>,
 }
@@ -183,28 +187,43 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
     let router = api::router(state.clone(), limits);
-    spawn_maintenance(Arc::downgrade(&state.vault), Duration::from_secs(config.retention.interval_seconds));
+    let metrics = match config.metrics_listen {
+        Some(at) => Some(crate::telemetry::prometheus::serve(at).await?),
+        None => None,
+    };
+    spawn_maintenance(
+        Arc::downgrade(&state.vault),
+        Duration::from_secs(config.retention.interval_seconds),
+        metrics.is_some(),
+    );
     let (tx, rx) = oneshot::channel::<()>();
     let limits = api::listener::ConnectionLimits {
         max_connections: config.max_client_connections,
         header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
     };
     let handle = tokio::spawn(api::listener::serve(listener, router, limits, rx));
-    Ok(RunningServer { addr, state, shutdown: Some(tx), handle })
+    Ok(RunningServer { addr, state, metrics, shutdown: Some(tx), handle })
 }
 
 /// Background maintenance while serving: reload keys from their source and rewrap data keys to
 /// the active version (every 5 s), prune budget counts older than their hour (every minute),
-/// and run retention (at its interval). Stops with the vault.
-fn spawn_maintenance(vault: std::sync::Weak<Vault>, retention_every: Duration) {
+/// and run retention (at its interval); with metrics on, sample the database gauges (every 15 s).
+/// Stops with the vault.
+fn spawn_maintenance(vault: std::sync::Weak<Vault>, retention_every: Duration, gauges: bool) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_retention = tokio::time::Instant::now();
         let mut last_prune = tokio::time::Instant::now();
+        let mut last_gauges: Option<tokio::time::Instant> = None;
         loop {
             tick.tick().await;
             let Some(vault) = vault.upgrade() else { return };
+            // Every 15 s: the rewrap gauge counts data keys by version, an aggregate query.
+            if gauges && last_gauges.is_none_or(|at| at.elapsed() >= Duration::from_secs(15)) {
+                last_gauges = Some(tokio::time::Instant::now());
+                vault.sample_gauges().await;
+            }
             if let Err(e) = vault.reload_keys() {
                 tracing::warn!(error = %e, "cannot reload keys; keeping the loaded ones");
             }

@@ -22,6 +22,9 @@ pub enum LogFormat {
 pub struct Config {
     /// Address the HTTP API listens on.
     pub listen: SocketAddr,
+    /// When set, Prometheus metrics are served at `http://ADDR/metrics` (a private address:
+    /// the endpoint has no authentication; it carries no customer or principal data).
+    pub metrics_listen: Option<SocketAddr>,
     /// `sqlite://PATH` or `postgres://…`.
     pub database_url: String,
     /// Maximum database connections (readers, for SQLite).
@@ -121,6 +124,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: None,
             database_url: "sqlite://data/custodia.db".into(),
             max_connections: 16,
             database_timeout_ms: 3_000,

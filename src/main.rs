@@ -37,6 +37,10 @@ enum Command {
         database_url: Option<String>,
         #[arg(long, value_enum, env = "CUSTODIA_LOG_FORMAT")]
         log_format: Option<LogFormat>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (off unless given); keep ADDR on a
+        /// private interface.
+        #[arg(long, env = "CUSTODIA_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Apply pending database migrations and exit.
     Migrate {
@@ -181,9 +185,12 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve { listen, database_url, log_format } => {
+        Command::Serve { listen, database_url, log_format, metrics_listen } => {
             if let Some(l) = listen {
                 config.listen = l;
+            }
+            if metrics_listen.is_some() {
+                config.metrics_listen = metrics_listen;
             }
             if let Some(url) = database_url {
                 config.database_url = url;
@@ -373,6 +380,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let server = custodia::app::start(&config).await?;
     tracing::info!(addr = %server.addr, "custodia listening");
+    if let Some(metrics) = &server.metrics {
+        println!("custodia metrics on http://{}/metrics", metrics.addr);
+    }
     println!("custodia listening on http://{}", server.addr);
     tracing::info!(
         "development token: `cargo run --release -- token --sub alice` (or `custodia token --sub alice --ttl 15m`), \

@@ -56,15 +56,29 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         purpose = tracing::field::Empty,
     );
     req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().clone();
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     let status = response.status().as_u16();
-    let micros = started.elapsed().as_micros() as u64;
+    let elapsed = started.elapsed();
+    let micros = elapsed.as_micros() as u64;
+    if crate::telemetry::prometheus::enabled() {
+        record_request(route, method, status, elapsed);
+    }
     span.in_scope(|| tracing::info!(status, latency_us = micros, "request completed"));
     response
+}
+
+/// Counts the request and its latency by route template (never the path, which holds ids).
+fn record_request(route: String, method: axum::http::Method, status: u16, elapsed: Duration) {
+    use crate::telemetry::prometheus::{HTTP_DURATION, HTTP_REQUESTS};
+    let method = method.as_str().to_owned();
+    metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method).record(elapsed.as_secs_f64());
 }
 
 /// The answer to a request that took longer than the configured limit: 503 `timeout`.

@@ -155,6 +155,27 @@ impl From<ValidationErrors> for ApiError {
 
 impl From<VaultError> for ApiError {
     fn from(e: VaultError) -> Self {
+        use crate::telemetry::prometheus::{BUDGET_REFUSALS, DENIALS};
+        let budget = match e {
+            VaultError::SearchBudget => Some("searches"),
+            VaultError::RateLimited => Some("reveals"),
+            _ => None,
+        };
+        let refused = budget.is_some()
+            || matches!(e, VaultError::Denied(_) | VaultError::BulkAccessBlocked | VaultError::Restricted);
+        let api = Self::from_vault(e);
+        if refused {
+            metrics::counter!(DENIALS, "reason" => api.code).increment(1);
+        }
+        if let Some(budget) = budget {
+            metrics::counter!(BUDGET_REFUSALS, "budget" => budget).increment(1);
+        }
+        api
+    }
+}
+
+impl ApiError {
+    fn from_vault(e: VaultError) -> Self {
         match e {
             VaultError::Validation(v) => v.into(),
             VaultError::NotFound => ApiError::not_found(),

@@ -111,7 +111,15 @@ async fn write_loop(
         }
         let batch = std::mem::take(&mut events);
         let appended = batch.len() as i64;
-        match store.append_audit(batch).await {
+        {
+            use crate::telemetry::prometheus::{AUDIT_BATCH, AUDIT_QUEUE};
+            metrics::gauge!(AUDIT_QUEUE).set(rx.len() as f64);
+            metrics::histogram!(AUDIT_BATCH).record(appended as f64);
+        }
+        let started = std::time::Instant::now();
+        let committed = store.append_audit(batch).await;
+        metrics::histogram!(crate::telemetry::prometheus::AUDIT_COMMIT).record(started.elapsed().as_secs_f64());
+        match committed {
             Ok(head) => {
                 let first = head.seq - appended + 1;
                 for (i, ack) in acks.drain(..).enumerate() {
@@ -120,6 +128,7 @@ async fn write_loop(
                 maybe_checkpoint(&*store, &signer, policy, &last_checkpoint, head.seq, &head.chain_hash, false).await;
             }
             Err(e) => {
+                metrics::counter!(crate::telemetry::prometheus::AUDIT_FAILURES).increment(1);
                 let msg = e.to_string();
                 for ack in acks.drain(..) {
                     let _ = ack.send(Err(msg.clone()));

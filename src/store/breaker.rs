@@ -50,6 +50,7 @@ struct Shared {
 
 impl Breaker {
     pub fn new(inner: Arc<dyn Store>, deadline: Duration) -> Self {
+        ::metrics::gauge!(crate::telemetry::prometheus::DATABASE_UP).set(1.0);
         Breaker { inner, shared: Arc::new(Shared { deadline, open: AtomicBool::new(false) }) }
     }
 
@@ -80,6 +81,7 @@ impl Breaker {
             return;
         }
         tracing::error!(error = %cause, "database unreachable: refusing database calls until it answers again");
+        ::metrics::gauge!(crate::telemetry::prometheus::DATABASE_UP).set(0.0);
         let (inner, shared) = (self.inner.clone(), self.shared.clone());
         tokio::spawn(async move {
             let since = std::time::Instant::now();
@@ -87,6 +89,7 @@ impl Breaker {
                 tokio::time::sleep(PROBE_EVERY).await;
                 if let Ok(Ok(())) = tokio::time::timeout(shared.deadline, inner.ping()).await {
                     shared.open.store(false, Ordering::Release);
+                    ::metrics::gauge!(crate::telemetry::prometheus::DATABASE_UP).set(1.0);
                     tracing::warn!(
                         down_ms = since.elapsed().as_millis() as u64,
                         "database answers again: breaker closed"
@@ -102,6 +105,9 @@ impl Breaker {
 impl Store for Breaker {
     fn backend(&self) -> Backend {
         self.inner.backend()
+    }
+    fn pool_stats(&self) -> Option<super::PoolStats> {
+        self.inner.pool_stats()
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.call(self.inner.ping()).await

@@ -320,10 +320,22 @@ pub enum UpdateOutcome {
     VersionConflict,
 }
 
+/// A connection pool's occupancy, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    pub busy: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 /// The vault's persistence.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
+    /// The read connections' occupancy (PostgreSQL: the pool; SQLite: the readers).
+    fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Inserts records and appends audit events, all in one transaction with multi-row

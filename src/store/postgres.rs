@@ -294,6 +294,11 @@ impl crate::store::Store for PgStore {
         Backend::Postgres
     }
 
+    fn pool_stats(&self) -> Option<super::PoolStats> {
+        let (size, idle) = (self.read.size(), self.read.num_idle() as u32);
+        Some(super::PoolStats { busy: size.saturating_sub(idle), idle, max: self.read.options().get_max_connections() })
+    }
+
     async fn customer(&self, id: Uuid) -> Result<Option<CustomerRecord>, StoreError> {
         let mut conn = self.read.acquire().await.map_err(StoreError::Unavailable)?;
         let row =

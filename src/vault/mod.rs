@@ -233,3 +233,27 @@ impl Vault {
         Ok(self.store.ping().await?)
     }
 }
+
+impl Vault {
+    /// Samples the gauges that are read from the database, for metrics: open alerts, data
+    /// keys awaiting rewrap, connection occupancy. Failures are logged and skipped.
+    pub async fn sample_gauges(&self) {
+        use crate::telemetry::prometheus::{OPEN_ALERTS, POOL_CONNECTIONS, POOL_MAX, REWRAP_PENDING};
+        if let Some(pool) = self.store.pool_stats() {
+            metrics::gauge!(POOL_CONNECTIONS, "state" => "busy").set(f64::from(pool.busy));
+            metrics::gauge!(POOL_CONNECTIONS, "state" => "idle").set(f64::from(pool.idle));
+            metrics::gauge!(POOL_MAX).set(f64::from(pool.max));
+        }
+        match self.store.alerts(None, 10_000).await {
+            Ok(alerts) => {
+                let open = alerts.iter().filter(|a| a.cleared_at.is_none()).count();
+                metrics::gauge!(OPEN_ALERTS).set(open as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "open alerts not sampled"),
+        }
+        match self.key_status_unchecked().await {
+            Ok(status) => metrics::gauge!(REWRAP_PENDING).set(status.rewrap_pending as f64),
+            Err(e) => tracing::debug!(error = %e, "rewrap progress not sampled"),
+        }
+    }
+}

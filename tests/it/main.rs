@@ -17,6 +17,7 @@ mod gate;
 mod idempotency;
 mod lifecycle;
 mod logs;
+mod metrics;
 mod openapi;
 mod ops;
 mod views;

@@ -129,7 +129,7 @@ pub struct Harness {
     pub base: String,
     pub client: reqwest::Client,
     pub db: Db,
-    server: custodia::app::RunningServer,
+    pub server: custodia::app::RunningServer,
 }
 
 impl Harness {

@@ -174,6 +174,11 @@ impl Readers {
         Readers { path, idle: Mutex::new(Vec::new()), permits: Arc::new(Semaphore::new(keep)), keep, wait }
     }
 
+    /// (busy, at most): readers in use, and how many may be.
+    pub(super) fn occupancy(&self) -> (usize, usize) {
+        (self.keep - self.permits.available_permits(), self.keep)
+    }
+
     /// Runs `f` on a free connection, off the async runtime.
     pub(super) async fn read<R: Send + 'static>(
         self: &Arc<Self>,

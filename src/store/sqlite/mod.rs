@@ -361,6 +361,12 @@ impl Store for SqliteStore {
         Backend::Sqlite
     }
 
+    fn pool_stats(&self) -> Option<super::PoolStats> {
+        let (busy, max) = self.readers.occupancy();
+        let (busy, max) = (busy as u32, max as u32);
+        Some(super::PoolStats { busy, idle: max - busy, max })
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
     }

@@ -1,10 +1,14 @@
-//! Logging setup (tracing). Human-readable by default, JSON with `--log-format json`; the
+//! Logging and metrics. Logging setup (tracing) is here; metrics are in [`prometheus`].
+//!
+//! Logging: Human-readable by default, JSON with `--log-format json`; the
 //! level comes from `RUST_LOG` (default `info`). Logs go to standard error.
 //!
 //! What may be logged is decided where events are written: ids, codes, field names, counts
 //! and timings — never field values, tokens or key material.
 
 use tracing_subscriber::EnvFilter;
+
+pub mod prometheus;
 
 use crate::config::LogFormat;
 

@@ -1,0 +1,156 @@
+//! Metrics in Prometheus format, served on their own address (`--metrics-listen`,
+//! `CUSTODIA_METRICS_LISTEN`, `metrics_listen`; off by default) at `/metrics`.
+//!
+//! The vault's layers record through the `metrics` facade with the names below; when metrics
+//! are off no recorder is installed and every record is a no-op.
+//!
+//! Owns: the metric names, their buckets, the recorder and the scrape endpoint. Must never:
+//! put a principal, a customer id, a field value or a request id in a label — labels are
+//! routes (templates, not paths), methods, status codes, reasons and budget names, all from
+//! small fixed sets.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests answered: `route`, `method`, `status`.
+pub const HTTP_REQUESTS: &str = "custodia_http_requests_total";
+/// Request latency in seconds, from the first byte read to the response: `route`, `method`.
+pub const HTTP_DURATION: &str = "custodia_http_request_duration_seconds";
+/// Events waiting for the audit writer.
+pub const AUDIT_QUEUE: &str = "custodia_audit_queue_depth";
+/// Events per audit group commit.
+pub const AUDIT_BATCH: &str = "custodia_audit_batch_events";
+/// Duration of an audit group commit, in seconds.
+pub const AUDIT_COMMIT: &str = "custodia_audit_commit_seconds";
+/// Audit commits that failed (each refused its batch's requests with 503).
+pub const AUDIT_FAILURES: &str = "custodia_audit_commit_failures_total";
+/// Requests the gate refused: `reason` (the problem code: forbidden, purpose_not_allowed, …).
+pub const DENIALS: &str = "custodia_denials_total";
+/// Requests refused because a budget was spent: `budget` (reveals, searches).
+pub const BUDGET_REFUSALS: &str = "custodia_budget_refusals_total";
+/// Open security alerts (sampled every maintenance tick).
+pub const OPEN_ALERTS: &str = "custodia_open_alerts";
+/// Data keys still wrapped under an older key-encryption key version.
+pub const REWRAP_PENDING: &str = "custodia_rewrap_pending";
+/// Database connections: `state` = busy, idle; and the pool's maximum.
+pub const POOL_CONNECTIONS: &str = "custodia_db_pool_connections";
+pub const POOL_MAX: &str = "custodia_db_pool_max_connections";
+/// 1 while the database answers, 0 while the breaker refuses calls.
+pub const DATABASE_UP: &str = "custodia_database_up";
+
+/// Latency buckets, seconds: 0.5 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Batch-size buckets, events.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// Errors starting the metrics endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("metrics recorder: {0}")]
+    Recorder(String),
+    #[error("metrics listener on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Whether a recorder is installed (per-request labels are not even built otherwise).
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether metrics are being recorded in this process.
+pub fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The process's recorder, installed once (several vault instances in one process, as in the
+/// tests, share it).
+fn handle() -> Result<&'static PrometheusHandle, TelemetryError> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h);
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(AUDIT_BATCH.into()), BATCH_BUCKETS))
+        .map_err(|e| TelemetryError::Recorder(e.to_string()))?
+        .build_recorder();
+    let handle = recorder.handle();
+    // Only the first caller installs; a lost race keeps the winner's recorder.
+    if ::metrics::set_global_recorder(recorder).is_ok() {
+        let _ = HANDLE.set(handle);
+        ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+        describe();
+        // Histograms keep raw samples until upkeep folds them in: bound that memory.
+        tokio::spawn(async {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                if let Some(h) = HANDLE.get() {
+                    h.run_upkeep();
+                }
+            }
+        });
+    }
+    HANDLE.get().ok_or_else(|| TelemetryError::Recorder("another metrics recorder is installed".into()))
+}
+
+/// The `# HELP` lines.
+fn describe() {
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(HTTP_REQUESTS, "Requests answered, by route template, method and status");
+    describe_histogram!(HTTP_DURATION, Unit::Seconds, "Request latency, by route template and method");
+    describe_gauge!(AUDIT_QUEUE, "Audit events waiting for the writer");
+    describe_histogram!(AUDIT_BATCH, Unit::Count, "Audit events per group commit");
+    describe_histogram!(AUDIT_COMMIT, Unit::Seconds, "Duration of an audit group commit");
+    describe_counter!(AUDIT_FAILURES, "Audit commits that failed (their requests were refused with 503)");
+    describe_counter!(DENIALS, "Requests refused by the gate, by problem code");
+    describe_counter!(BUDGET_REFUSALS, "Requests refused because a per-principal budget was spent");
+    describe_gauge!(OPEN_ALERTS, "Open security alerts");
+    describe_gauge!(REWRAP_PENDING, "Data keys still wrapped under an older key-encryption key");
+    describe_gauge!(POOL_CONNECTIONS, "Database read connections, busy or idle");
+    describe_gauge!(POOL_MAX, "Most database read connections");
+    describe_gauge!(DATABASE_UP, "1 while PostgreSQL answers, 0 while the breaker refuses calls");
+}
+
+/// The running metrics endpoint.
+#[derive(Debug)]
+pub struct MetricsServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Installs the recorder and serves `/metrics` on `addr`.
+pub async fn serve(addr: SocketAddr) -> Result<MetricsServer, TelemetryError> {
+    let handle = handle()?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| TelemetryError::Listen { addr, source })?;
+    let addr = listener.local_addr().map_err(|source| TelemetryError::Listen { addr, source })?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move {
+                (
+                    [
+                        (axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8"),
+                        (axum::http::header::CACHE_CONTROL, "no-store"),
+                    ],
+                    handle.render(),
+                )
+            }),
+        )
+        .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found\n") });
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    Ok(MetricsServer { addr, task })
+}
