@@ -20,4 +20,5 @@ mod logs;
 mod metrics;
 mod openapi;
 mod ops;
+mod schema;
 mod views;
