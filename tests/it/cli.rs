@@ -182,6 +182,50 @@ async fn bootstrap_postgres() {
     bootstrap_once(&db).await;
 }
 
+/// The soak holds its share of the measured peak and writes one line per interval, the
+/// flatness verdicts and the plot (a short run here; the committed one is 30 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soak_writes_a_line_per_interval_and_its_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("soak.md");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia-bench"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "--customers",
+            "200",
+            "--seconds",
+            "1",
+            "--soak",
+            "0.05",
+            "--soak-interval",
+            "1",
+            "--soak-fraction",
+            "0.5",
+        ])
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let written = std::fs::read_to_string(&output).unwrap();
+    let lines: Vec<Vec<&str>> = written
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| interval"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(lines.len(), 3, "{written}");
+    for l in &lines {
+        assert!(l[2].parse::<u64>().unwrap() > 0, "an interval without requests: {l:?}");
+        assert_eq!(l[4], "0", "errors in the soak: {l:?}");
+        assert!(l[8].parse::<f64>().unwrap() > 0.0, "no resident memory reading: {l:?}");
+    }
+    assert!(written.contains("largest distance from the mean") && written.contains("ok = true"), "{written}");
+    let svg = std::fs::read_to_string(output.with_extension("svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 3);
+}
+
 /// The benchmark runs every scenario against a server in a process of its own without a failed
 /// request, reports the server's CPU per request, and ends with a verified audit chain. The
 /// production binary has no benchmark in it.

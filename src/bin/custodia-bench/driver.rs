@@ -58,7 +58,7 @@ pub type MakeRequest = Arc<dyn Fn(usize) -> Request + Send + Sync>;
 /// A minimal HTTP/1.1 keep-alive client: the load driver shares the machine with the server,
 /// so it must cost as little as possible (a general-purpose client costs several times more
 /// per request than the server's no-work route). Returns the response status.
-struct Connection {
+pub struct Connection {
     addr: std::net::SocketAddr,
     stream: Option<tokio::net::TcpStream>,
     out: Vec<u8>,
@@ -66,11 +66,11 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(addr: std::net::SocketAddr) -> Self {
+    pub fn new(addr: std::net::SocketAddr) -> Self {
         Connection { addr, stream: None, out: Vec::with_capacity(1024), buf: Vec::with_capacity(64 * 1024) }
     }
 
-    async fn send(&mut self, request: &Request) -> std::io::Result<u16> {
+    pub async fn send(&mut self, request: &Request) -> std::io::Result<u16> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let result = async {
             if self.stream.is_none() {

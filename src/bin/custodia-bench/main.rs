@@ -15,6 +15,7 @@ mod driver;
 mod plot;
 mod probe;
 mod server;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,6 +65,17 @@ struct Cli {
     /// pgaudit; durable audit row) with pgbench, using this script (installs what it needs).
     #[arg(long, num_args = 0..=1, default_missing_value = "bench/baseline.sh")]
     baseline: Option<PathBuf>,
+    /// Soak instead: measure the peak of a mixed load (9 reads : 1 create), then hold
+    /// `--soak-fraction` of it for MINUTES, writing throughput, p99 and resident memory per
+    /// interval (to `--output` and its .svg plot).
+    #[arg(long, value_name = "MINUTES")]
+    soak: Option<f64>,
+    /// The soak's share of the measured peak.
+    #[arg(long, default_value_t = 0.8)]
+    soak_fraction: f64,
+    /// Seconds per soak interval (one line of the results each).
+    #[arg(long, default_value_t = 60)]
+    soak_interval: u64,
 }
 
 /// One measured row.
@@ -113,6 +125,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(facts) = &cli.hold {
         custodia::telemetry::init(config.log_format).map_err(anyhow::Error::msg)?;
         return server::hold(config, cli.customers, facts).await;
+    }
+    if let Some(minutes) = cli.soak {
+        return soak_run(&cli, &config, dir.path(), minutes).await;
     }
     let (rows, table) = measure(&cli, &config, dir.path()).await?;
     println!("{table}");
@@ -241,6 +256,74 @@ fn scenarios(facts: &serde_json::Value) -> anyhow::Result<Vec<(&'static str, Mak
         200,
     ));
     Ok(list)
+}
+
+/// The soak's mixed load: nine masked reads to one create.
+fn mixed(facts: &serde_json::Value) -> anyhow::Result<MakeRequest> {
+    let (agent, manager) = (text(facts, "agent")?, text(facts, "manager")?);
+    let ids = texts(facts, "ids");
+    anyhow::ensure!(!ids.is_empty(), "facts: no ids");
+    let body = json!({"region": "3201", "kind": "individual", "fields": {"name": "张三", "mobile": "13812345678",
+        "email": "a@example.cn", "birth_date": "1949-12-31"}});
+    Ok(Arc::new(move |i| {
+        if i % 10 == 9 {
+            Request::post("/v1/customers".into(), &manager, &body)
+        } else {
+            Request::get(format!("/v1/customers/{}", ids[(i * 7919) % ids.len()]), &agent)
+        }
+    }))
+}
+
+/// Measures the mixed load's peak, holds a fraction of it for `minutes`, and reports.
+async fn soak_run(cli: &Cli, config: &Config, dir: &Path, minutes: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(minutes > 0.0 && cli.soak_interval > 0, "--soak and --soak-interval must be positive");
+    anyhow::ensure!(cli.soak_fraction > 0.0 && cli.soak_fraction <= 1.0, "--soak-fraction must be in (0, 1]");
+    let (facts_path, log) = (dir.join("facts.json"), dir.join("server.log"));
+    let mut server = Server::start(cli, config, &facts_path, &log)?;
+    let facts = server.facts(&facts_path, &log).await?;
+    let addr: std::net::SocketAddr = facts["base"]
+        .as_str()
+        .and_then(|b| b.strip_prefix("http://"))
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("facts: no base address"))?;
+    let make = mixed(&facts)?;
+    let peak = drive("mixed", addr, 64, cli.seconds.max(5.0), make.clone(), 200).await;
+    // drive counts only the expected status as a success: creates (201) count as errors there.
+    let peak_per_second = (peak.requests + peak.errors) as f64 / cli.seconds.max(5.0);
+    let interval = Duration::from_secs(cli.soak_interval);
+    let plan = soak::Plan {
+        target_per_second: peak_per_second * cli.soak_fraction,
+        intervals: ((minutes * 60.0) / interval.as_secs_f64()).ceil().max(1.0) as usize,
+        interval,
+    };
+    eprintln!("soak: peak {peak_per_second:.0} req/s, holding {:.0} req/s", plan.target_per_second);
+    let intervals = soak::run(addr, server.pid(), make, &plan).await;
+    server.stop();
+    let store = custodia::store::open(&config.database_url, &custodia::store::StoreOptions::default()).await?;
+    let verifier = custodia::audit::CheckpointVerifier::load(&config.audit.public_key)?;
+    let verified = custodia::audit::verify::verify(&store, &verifier).await?;
+    let header = format!(
+        "Soak: {} customers seeded, {minutes} min on {}; audit verified after the run: {} events, ok = {}.\n",
+        facts["seeded"],
+        if config.database_url.starts_with("postgres") { "PostgreSQL" } else { "SQLite" },
+        verified.events,
+        verified.ok
+    );
+    let text = soak::report(peak_per_second, &plan, &intervals, &header);
+    println!("{text}");
+    if let Some(path) = &cli.output {
+        std::fs::write(path, &text)?;
+        let plot = path.with_extension("svg");
+        let caption = format!(
+            "custodia-bench --soak {minutes}: {:.0} req/s held, per {} s interval",
+            plan.target_per_second,
+            interval.as_secs()
+        );
+        std::fs::write(&plot, plot::soak_svg(&intervals, &caption))?;
+        println!("Wrote {} and {}.", path.display(), plot.display());
+    }
+    anyhow::ensure!(verified.ok, "audit verification failed after the soak");
+    Ok(())
 }
 
 /// Runs the whole benchmark; returns the rows and the Markdown report.

@@ -142,6 +142,64 @@ pub fn svg(rows: &[Row], caption: &str) -> String {
     out
 }
 
+/// A linear panel of one soak figure per interval.
+fn soak_panel(out: &mut String, x0: f64, title: &str, points: &[(usize, f64)]) {
+    let max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.2;
+    let n = points.len().max(2) as f64;
+    let (w, h, y0) = (260.0, PANEL_H, TOP);
+    let _ = write!(
+        out,
+        r##"<text x="{}" y="{}" text-anchor="middle" font-weight="bold">{}</text><rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#999"/>"##,
+        x0 + w / 2.0,
+        y0 - 12.0,
+        escape(title)
+    );
+    for k in 0..=4 {
+        let v = max * f64::from(k) / 4.0;
+        let y = y0 + h - h * f64::from(k) / 4.0;
+        let _ = write!(
+            out,
+            r##"<line x1="{x0}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end" font-size="11">{v:.1}</text>"##,
+            x0 + w,
+            x0 - 6.0,
+            y + 4.0
+        );
+    }
+    let coords: Vec<String> = points
+        .iter()
+        .map(|(i, v)| format!("{:.1},{:.1}", x0 + w * (*i as f64 - 1.0) / (n - 1.0), y0 + h - h * v / max))
+        .collect();
+    let _ = write!(
+        out,
+        r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/><text x="{}" y="{}" text-anchor="middle" font-size="11">interval</text>"#,
+        coords.join(" "),
+        COLOURS[0],
+        x0 + w / 2.0,
+        y0 + h + 18.0
+    );
+}
+
+/// The soak plot: throughput, p99 latency and resident memory per interval.
+pub fn soak_svg(intervals: &[super::soak::Interval], caption: &str) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{}" font-family="sans-serif" font-size="13"><rect width="100%" height="100%" fill="white"/>"#,
+        TOP + PANEL_H + 50.0
+    );
+    let series = |f: fn(&super::soak::Interval) -> f64| intervals.iter().map(|i| (i.index, f(i))).collect::<Vec<_>>();
+    soak_panel(&mut out, 60.0, "Throughput (requests/s)", &series(|i| i.per_second));
+    soak_panel(&mut out, 390.0, "p99 latency (ms)", &series(|i| i.p99_ms));
+    soak_panel(&mut out, 720.0, "Resident memory (MB)", &series(|i| i.rss_mb));
+    let _ = write!(
+        out,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="12">{}</text></svg>"#,
+        W / 2.0,
+        escape(caption)
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +216,22 @@ mod tests {
             p999_ms: 1.0,
             server: None,
         }
+    }
+
+    #[test]
+    fn the_soak_plot_has_three_panels() {
+        let intervals: Vec<_> = (1..=3)
+            .map(|i| super::super::soak::Interval {
+                index: i,
+                per_second: 100.0,
+                p99_ms: 2.0,
+                rss_mb: 70.0,
+                ..Default::default()
+            })
+            .collect();
+        let svg = soak_svg(&intervals, "soak <1>");
+        assert_eq!(svg.matches("<polyline").count(), 3);
+        assert!(svg.contains("soak &lt;1&gt;") && svg.ends_with("</svg>"));
     }
 
     #[test]

@@ -1,0 +1,174 @@
+//! The soak: a mixed load (nine masked reads to one create) held at a fraction of the measured
+//! peak for many minutes, with throughput, p99 latency, server CPU per request and resident
+//! memory written per interval — so that a leak, a slow growth of latency or a throughput
+//! decay shows as a slope.
+//!
+//! The load is paced: each of the workers sends its requests at scheduled times, and a
+//! request's latency is counted from when it was due, not from when it was sent (a server
+//! that stalls cannot hide the wait it caused).
+//!
+//! Owns: pacing and per-interval figures. Must never: run in the server's process.
+
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::driver::{Connection, MakeRequest};
+use super::probe;
+
+/// Workers (connections) of the paced load.
+const WORKERS: usize = 64;
+
+/// One interval's figures.
+#[derive(Clone, Debug, Default)]
+pub struct Interval {
+    pub index: usize,
+    pub requests: usize,
+    pub errors: usize,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub cpu_us: f64,
+    pub rss_mb: f64,
+}
+
+/// The soak's plan.
+pub struct Plan {
+    pub target_per_second: f64,
+    pub intervals: usize,
+    pub interval: Duration,
+}
+
+struct Bucket {
+    latencies: Vec<Duration>,
+    errors: usize,
+}
+
+/// Runs the paced load for the whole plan; returns one entry per interval.
+pub async fn run(addr: std::net::SocketAddr, pid: u32, make: MakeRequest, plan: &Plan) -> Vec<Interval> {
+    let buckets: Arc<Vec<Mutex<Bucket>>> =
+        Arc::new((0..plan.intervals).map(|_| Mutex::new(Bucket { latencies: Vec::new(), errors: 0 })).collect());
+    let start = Instant::now() + Duration::from_millis(100);
+    let total = plan.interval * plan.intervals as u32;
+    let gap = Duration::from_secs_f64(WORKERS as f64 / plan.target_per_second.max(1.0));
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let (make, buckets, interval) = (make.clone(), buckets.clone(), plan.interval);
+        // Workers spread evenly over one gap.
+        let offset = gap.mul_f64(w as f64 / WORKERS as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Connection::new(addr);
+            let mut k: u32 = 0;
+            loop {
+                let due = start + offset + gap * k;
+                if due >= start + total {
+                    return;
+                }
+                tokio::time::sleep_until(due.into()).await;
+                let request = make((k as usize) * WORKERS + w);
+                let outcome = conn.send(&request).await;
+                let latency = due.elapsed();
+                let index = ((due - start).as_secs_f64() / interval.as_secs_f64()) as usize;
+                if let Some(bucket) = buckets.get(index) {
+                    let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
+                    match outcome {
+                        Ok(200 | 201) => b.latencies.push(latency),
+                        _ => b.errors += 1,
+                    }
+                }
+                k += 1;
+            }
+        }));
+    }
+    // The server's CPU and memory at each interval's end.
+    let mut samples = Vec::with_capacity(plan.intervals + 1);
+    samples.push(probe::sample(pid));
+    let mut memory = Vec::with_capacity(plan.intervals);
+    for i in 1..=plan.intervals {
+        tokio::time::sleep_until((start + plan.interval * i as u32).into()).await;
+        samples.push(probe::sample(pid));
+        memory.push(probe::resident_mb(pid).unwrap_or(0.0));
+        eprintln!("soak: interval {i}/{} done", plan.intervals);
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut out = Vec::with_capacity(plan.intervals);
+    for (i, bucket) in buckets.iter().enumerate() {
+        let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
+        b.latencies.sort();
+        let n = b.latencies.len();
+        let pick = |p: f64| {
+            if n == 0 {
+                0.0
+            } else {
+                b.latencies[(((n - 1) as f64) * p).round() as usize].as_secs_f64() * 1000.0
+            }
+        };
+        let cpu_us = match (&samples[i], &samples[i + 1]) {
+            (Some(a), Some(z)) => probe::per_request(a, z, n + b.errors).cpu_us,
+            _ => 0.0,
+        };
+        out.push(Interval {
+            index: i + 1,
+            requests: n,
+            errors: b.errors,
+            per_second: n as f64 / plan.interval.as_secs_f64(),
+            p50_ms: pick(0.5),
+            p99_ms: pick(0.99),
+            cpu_us,
+            rss_mb: memory.get(i).copied().unwrap_or(0.0),
+        });
+    }
+    out
+}
+
+/// Largest relative distance from the mean, in per cent.
+fn spread(values: impl Iterator<Item = f64> + Clone) -> f64 {
+    let n = values.clone().count().max(1) as f64;
+    let mean = values.clone().sum::<f64>() / n;
+    values.map(|v| ((v - mean) / mean.max(1e-9)).abs() * 100.0).fold(0.0, f64::max)
+}
+
+/// The results file: the plan, a line per interval and the flatness verdicts.
+pub fn report(peak: f64, plan: &Plan, intervals: &[Interval], header: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{header}");
+    let _ = writeln!(
+        out,
+        "Peak (mixed load, 64 connections, closed loop): {peak:.0} req/s; soak target {:.0} req/s ({:.0} % of peak), \
+         {} intervals of {} s, {WORKERS} paced connections; latency counted from each request's due time.\n",
+        plan.target_per_second,
+        plan.target_per_second / peak.max(1e-9) * 100.0,
+        plan.intervals,
+        plan.interval.as_secs()
+    );
+    out.push_str(
+        "| interval | requests | req/s | errors | p50 ms | p99 ms | server CPU µs/req | RSS MB |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for i in intervals {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} |",
+            i.index, i.requests, i.per_second, i.errors, i.p50_ms, i.p99_ms, i.cpu_us, i.rss_mb
+        );
+    }
+    // The first interval warms caches and pools; flatness is judged on the rest.
+    let steady = if intervals.len() > 2 { &intervals[1..] } else { intervals };
+    let (tput, p99, rss) = (
+        spread(steady.iter().map(|i| i.per_second)),
+        spread(steady.iter().map(|i| i.p99_ms)),
+        spread(steady.iter().map(|i| i.rss_mb)),
+    );
+    let verdict = |s: f64| if s <= 10.0 { "flat within 10 %" } else { "NOT flat within 10 %" };
+    let errors: usize = intervals.iter().map(|i| i.errors).sum();
+    let _ = writeln!(
+        out,
+        "\nFrom interval 2 on, largest distance from the mean: throughput {tput:.1} % ({}), p99 {p99:.1} % ({}), \
+         resident memory {rss:.1} % ({}). Errors: {errors}.",
+        verdict(tput),
+        verdict(p99),
+        verdict(rss)
+    );
+    out
+}
