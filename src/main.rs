@@ -399,6 +399,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ctrl_c.await
     };
     shutdown.await?;
+    let audit = server.state.audit.clone();
     let grace = std::time::Duration::from_millis(config.shutdown_grace_ms);
     tracing::info!(
         grace_ms = config.shutdown_grace_ms,
@@ -407,7 +408,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     match tokio::time::timeout(grace, server.stop()).await {
         Ok(stopped) => {
             stopped?;
-            tracing::info!("stopped: every request answered");
+            // Every answered request's event is committed; seal them with a last checkpoint.
+            match audit.checkpoint_now().await {
+                Ok(seq) => tracing::info!(seq, "stopped: every request answered, audit checkpointed"),
+                Err(e) => tracing::warn!(error = %e, "stopped: every request answered; no final audit checkpoint"),
+            }
             Ok(())
         }
         Err(_) => anyhow::bail!(

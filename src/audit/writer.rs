@@ -43,6 +43,9 @@ pub struct CheckpointPolicy {
 pub struct AuditLog {
     tx: mpsc::Sender<Job>,
     store: Arc<dyn Store>,
+    signer: Arc<CheckpointSigner>,
+    policy: CheckpointPolicy,
+    last_checkpoint: Arc<tokio::sync::Mutex<Option<i64>>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -64,8 +67,26 @@ impl AuditLog {
         let last_checkpoint = Arc::new(tokio::sync::Mutex::new(None::<i64>));
         let writer = write_loop(store.clone(), rx, signer.clone(), policy, last_checkpoint.clone());
         crate::background::spawn_dedicated("audit-writer", writer);
-        tokio::spawn(checkpoint_loop(store.clone(), signer, policy, last_checkpoint, tx.downgrade()));
-        AuditLog { tx, store }
+        tokio::spawn(checkpoint_loop(store.clone(), signer.clone(), policy, last_checkpoint.clone(), tx.downgrade()));
+        AuditLog { tx, store, signer, policy, last_checkpoint }
+    }
+
+    /// Signs a checkpoint of the head now if any event is unsigned (at shutdown: the log is
+    /// left with no unsigned tail). Every event acknowledged is already committed; this only
+    /// seals them. Returns the head's sequence number.
+    pub async fn checkpoint_now(&self) -> Result<i64, AuditError> {
+        let head = self.store.audit_head().await?;
+        maybe_checkpoint(
+            &*self.store,
+            &self.signer,
+            self.policy,
+            &self.last_checkpoint,
+            head.seq,
+            &head.chain_hash,
+            true,
+        )
+        .await;
+        Ok(head.seq)
     }
 
     /// Appends an event and waits until it is durably committed; returns its sequence number.
