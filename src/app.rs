@@ -50,6 +50,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Metrics(#[from] crate::telemetry::prometheus::TelemetryError),
+    #[error(transparent)]
+    Console(#[from] crate::api::console::i18n::CatalogueError),
 }
 
 const EXAMPLE_KEYS_WARNING: &str =
@@ -89,6 +91,8 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
         tracing::info!(version, fingerprint, "key-encryption key loaded");
     }
     let authenticator = Authenticator::from_config(&config.auth)?;
+    let development_sign_in = authenticator.accepts_example_key();
+    crate::api::console::i18n::load()?;
     if authenticator.accepts_example_key() {
         tracing::warn!("{EXAMPLE_TOKEN_WARNING}");
     }
@@ -150,6 +154,11 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
         audit,
         trusted_proxies,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
+        sessions: Arc::new(crate::auth::session::Sessions::new(crate::auth::session::SessionPolicy {
+            idle: Duration::from_secs(config.console.session_idle_minutes.max(1) * 60),
+            lifetime: Duration::from_secs(config.console.session_max_hours.max(1) * 3600),
+        })),
+        development_sign_in,
     });
     let limits = Limits { body_bytes: config.body_limit_bytes };
     Ok((state, limits))

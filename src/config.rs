@@ -68,6 +68,23 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     pub auth: AuthConfig,
     pub audit: AuditConfig,
+    pub console: ConsoleConfig,
+}
+
+/// The web console (`/console`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// A session ends after this long without a request.
+    pub session_idle_minutes: u64,
+    /// A session ends this long after sign-in, however busy.
+    pub session_max_hours: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig { session_idle_minutes: 15, session_max_hours: 8 }
+    }
 }
 
 /// A PKCS#11 token holding the key-encryption keys.
@@ -145,6 +162,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             auth: AuthConfig::default(),
             audit: AuditConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }

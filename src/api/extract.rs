@@ -79,6 +79,18 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        // A console session (set only by the console's router: `/v1` never reads cookies).
+        if let Some(super::console::SessionPrincipal(session)) =
+            parts.extensions.get::<super::console::SessionPrincipal>()
+        {
+            let principal = session.principal.clone();
+            tracing::Span::current().record("principal", principal.sub.as_str());
+            if state.vault.authorizer().token_revoked(&principal) {
+                tracing::info!("console session refused: the principal's tokens were revoked");
+                return Err(AuthError::Revoked.into());
+            }
+            return Ok(principal);
+        }
         let value = parts.headers.get(header::AUTHORIZATION).ok_or(AuthError::Missing)?;
         let value = value.to_str().map_err(|_| AuthError::Malformed)?;
         let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;

@@ -3,6 +3,7 @@
 //! no cryptography and no authorization decisions live here.
 
 pub mod audit;
+pub mod console;
 pub mod customers;
 pub mod extract;
 pub mod grants;
@@ -44,6 +45,11 @@ pub struct Shared {
     pub trusted_proxies: Vec<proxy::Cidr>,
     /// Whole-request time limit of `/v1` requests (503 `timeout`, audited).
     pub request_timeout: Duration,
+    /// The console's sessions.
+    pub sessions: Arc<crate::auth::session::Sessions>,
+    /// The console's development sign-in: on only while the public example token key is
+    /// accepted (the embedded default).
+    pub development_sign_in: bool,
 }
 
 impl AppState {
@@ -156,6 +162,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::serve))
         .nest("/v1", v1)
+        .nest("/console", console::router(state.clone()))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.body_bytes))

@@ -4,6 +4,7 @@
 //! [`crate::authz`]'s business. This module never logs a token or any part of one.
 
 mod keys;
+pub mod session;
 pub mod token;
 
 use chrono::{DateTime, TimeZone, Utc};

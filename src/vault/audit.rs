@@ -52,6 +52,13 @@ impl AlertKind {
     }
 }
 
+/// The audit chain's head and newest signed checkpoint (sequence number, time).
+#[derive(Clone, Debug)]
+pub struct ChainState {
+    pub head_seq: i64,
+    pub checkpoint: Option<(i64, chrono::DateTime<chrono::Utc>)>,
+}
+
 impl Vault {
     /// Events matching `query`, for security officers: only events whose actor or subject lies
     /// in the officer's subtree (all of them for an officer at `CN`).
@@ -69,6 +76,20 @@ impl Vault {
             None
         };
         Ok(AuditPage { items, next_cursor })
+    }
+
+    /// Whether the caller may do `action` (a page that only offers it asks first).
+    pub fn may(&self, caller: &Caller, action: Action) -> Result<(), VaultError> {
+        self.admit(caller, action).map(|_| ())
+    }
+
+    /// The chain's state for the console's overview: the head and the newest checkpoint.
+    #[tracing::instrument(skip_all)]
+    pub async fn audit_state(&self, caller: &Caller) -> Result<ChainState, VaultError> {
+        self.admit(caller, Action::ReadAudit)?;
+        let head = self.store.audit_head().await?;
+        let checkpoint = self.store.checkpoints().await?.pop().map(|c| (c.seq, c.time));
+        Ok(ChainState { head_seq: head.seq, checkpoint })
     }
 
     /// Recomputes the chain and checks every checkpoint against the pinned key.

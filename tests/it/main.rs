@@ -9,6 +9,7 @@ mod audit;
 mod auth;
 mod authz;
 mod cli;
+mod console;
 mod crash;
 mod customers;
 mod encryption;

@@ -1,0 +1,552 @@
+//! The web console under `/console`, for security officers and administrators: server-rendered
+//! pages (askama templates, checked at compile time), every asset in the binary, two languages.
+//!
+//! The console is a client of the vault like any other: its data pages are routes declared
+//! with their action, decided by the same gate and audited by the same layer as `/v1`, with
+//! the signed-in principal as the caller. Sessions live on the server ([`crate::auth::session`]);
+//! the cookie is `HttpOnly`, `SameSite=Strict`, `Secure` when the request came over HTTPS
+//! (through a trusted proxy's `X-Forwarded-Proto`). Every state-changing form carries the
+//! session's CSRF token, and cross-site posts are refused before that. Every response carries
+//! a strict `Content-Security-Policy` (no script at all, no external origin, no framing),
+//! `X-Content-Type-Options`, `Referrer-Policy` and `Cache-Control: no-store`.
+//!
+//! Owns: the console's HTTP. Must never: show customer PII, decide access itself, or accept a
+//! session on `/v1` (the session reaches the `Principal` extractor only through this router).
+
+pub mod i18n;
+
+use askama::Template;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, on, post, MethodFilter};
+use axum::{Form, Router};
+use serde::Deserialize;
+
+use super::problem::ApiError;
+use super::{audit, AppState};
+use crate::auth::session::{csrf_matches, Session};
+use crate::authz::Action;
+use crate::vault::Caller;
+use i18n::{Labels, Lang};
+
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "custodia_session";
+/// The language preference cookie.
+pub const LANG_COOKIE: &str = "custodia_lang";
+
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+/// The signed-in session of a console request (in request extensions, set by [`session`]).
+#[derive(Clone, Debug)]
+pub struct SessionPrincipal(pub Session);
+
+/// A cookie's value from the request's `Cookie` headers.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
+
+/// The console's routes (paths under `/console`) that disclose or change audit or grant data:
+/// each is decided by the gate under its action and audited.
+pub fn routes() -> Vec<super::RouteDecl> {
+    declared().into_iter().map(|d| d.0).collect()
+}
+
+type Handler = axum::routing::MethodRouter<AppState>;
+
+fn declared() -> Vec<(super::RouteDecl, Handler)> {
+    fn d(method: Method, path: &'static str, action: Action, handler: Handler) -> (super::RouteDecl, Handler) {
+        (super::RouteDecl { method, path, action }, handler.layer(audit::Declare(action)))
+    }
+    vec![
+        d(Method::GET, "/", Action::ReadAudit, on(MethodFilter::GET, overview)),
+        d(Method::GET, "/audit", Action::ReadAudit, on(MethodFilter::GET, audit_search)),
+        d(Method::GET, "/verify", Action::VerifyAudit, on(MethodFilter::GET, verify_page)),
+        d(Method::POST, "/verify", Action::VerifyAudit, on(MethodFilter::POST, verify_run)),
+    ]
+}
+
+/// The console router, nested at `/console`.
+pub fn router(state: AppState) -> Router<AppState> {
+    let mut pages = Router::new();
+    for (decl, handler) in declared() {
+        pages = pages.route(decl.path, handler);
+    }
+    let audited = pages
+        .route("/sign-in", get(sign_in_page))
+        .route("/sign-in/development", post(development_sign_in))
+        .route("/sign-out", post(sign_out))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record));
+    Router::new()
+        .merge(audited)
+        .route("/lang/{tag}", get(switch_language))
+        .route("/static/console.css", get(stylesheet))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(axum::middleware::from_fn_with_state(state, session))
+        .layer(axum::middleware::from_fn(security_headers))
+}
+
+/// Headers on every console response.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+/// Finds the request's session (if its cookie names a live one) for the `Principal`
+/// extractor and the pages.
+async fn session(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if let Some(id) = cookie(req.headers(), SESSION_COOKIE) {
+        if let Some(found) = state.sessions.find(&id) {
+            req.extensions_mut().insert(SessionPrincipal(found));
+        }
+    }
+    next.run(req).await
+}
+
+/// Whether a state-changing request comes from the console's own pages: not a cross-site
+/// request (`Sec-Fetch-Site`, `Origin`), and, with a session, carrying its CSRF token.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let site_ok =
+        headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).is_none_or(|s| s == "same-origin" || s == "none");
+    let origin_ok = match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+        (None, _) => true,
+        (Some(o), Some(host)) => {
+            let (o, host) = (o.to_str().unwrap_or(""), host.to_str().unwrap_or("-"));
+            o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")) == Some(host)
+        }
+        (Some(_), None) => false,
+    };
+    site_ok && origin_ok
+}
+
+/// Whether the request reached the vault over HTTPS (a trusted proxy says so).
+fn over_https(state: &AppState, peer: Option<std::net::IpAddr>, headers: &HeaderMap) -> bool {
+    let trusted = peer.is_some_and(|ip| state.trusted_proxies.iter().any(|c| c.contains(ip)));
+    trusted && headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) == Some("https")
+}
+
+fn session_cookie(value: &str, secure: bool, max_age: Option<u64>) -> HeaderValue {
+    let mut c = format!("{SESSION_COOKIE}={value}; Path=/console; HttpOnly; SameSite=Strict");
+    if secure {
+        c.push_str("; Secure");
+    }
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("custodia_session=; Max-Age=0"))
+}
+
+/// What every page needs.
+struct Frame {
+    l: &'static Labels,
+    lang: &'static str,
+    who: Option<String>,
+    csrf: String,
+}
+
+/// The frame of a page (`None` only if the catalogues were never loaded: see [`broken`]).
+fn frame(headers: &HeaderMap, session: Option<&Session>) -> Option<Frame> {
+    let lang = Lang::choose(headers);
+    let l = i18n::labels(lang)?;
+    Some(Frame {
+        l,
+        lang: lang.tag(),
+        who: session.map(|s| s.principal.sub.clone()),
+        csrf: session.map(|s| s.csrf.clone()).unwrap_or_default(),
+    })
+}
+
+fn render(t: &impl Template, status: StatusCode) -> Response {
+    match t.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "console template failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/error.html")]
+struct ErrorPage {
+    l: &'static Labels,
+    lang: &'static str,
+    who: Option<String>,
+    csrf: String,
+    code: &'static str,
+    detail: String,
+}
+
+/// A refusal or failure as a page, with the API's problem code and the same status.
+fn error_page(f: Frame, e: ApiError) -> Response {
+    let status = e.status();
+    let detail = e.to_problem().detail.map(|d| d.into_owned()).unwrap_or_default();
+    render(&ErrorPage { l: f.l, lang: f.lang, who: f.who, csrf: f.csrf, code: e.code(), detail }, status)
+}
+
+/// The request's session, if it has one (pages without one send the user to [`to_sign_in`]).
+fn signed_in(s: Option<axum::Extension<SessionPrincipal>>) -> Option<Session> {
+    s.map(|e| e.0 .0)
+}
+
+fn to_sign_in() -> Response {
+    Redirect::to("/console/sign-in").into_response()
+}
+
+/// The catalogues are loaded at start-up; a page without them cannot be drawn.
+fn broken() -> Response {
+    tracing::error!("console catalogues not loaded");
+    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+}
+
+#[derive(Template)]
+#[template(path = "console/sign_in.html")]
+struct SignInPage {
+    l: &'static Labels,
+    lang: &'static str,
+    who: Option<String>,
+    csrf: String,
+    development: bool,
+}
+
+async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(f) = frame(&headers, None) else { return broken() };
+    let development = state.development_sign_in;
+    render(&SignInPage { l: f.l, lang: f.lang, who: None, csrf: String::new(), development }, StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+struct DevelopmentSignIn {
+    sub: String,
+}
+
+/// The development sign-in: only while the public example token key is accepted (the
+/// embedded default, already announced loudly at start); 404 otherwise.
+async fn development_sign_in(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    handle: Option<axum::Extension<crate::audit::AuditHandle>>,
+    Form(form): Form<DevelopmentSignIn>,
+) -> Response {
+    if let Some(h) = &handle {
+        h.set_action("console.sign_in");
+    }
+    if !state.development_sign_in {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if !same_origin(&headers) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    if !crate::auth::valid_subject(&form.sub) {
+        return Redirect::to("/console/sign-in").into_response();
+    }
+    if let Some(h) = &handle {
+        h.set_principal(&form.sub);
+    }
+    let Some(id) = state.sessions.create(&form.sub) else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    tracing::warn!(principal = %form.sub, "console: development sign-in (public example keys in use)");
+    let secure = over_https(&state, peer.map(|p| p.0 .0.ip()), &headers);
+    let mut r = Redirect::to("/console").into_response();
+    r.headers_mut().insert(header::SET_COOKIE, session_cookie(&id, secure, None));
+    r
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    /// Missing is refused like wrong (403), not as a malformed form.
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    s: Option<axum::Extension<SessionPrincipal>>,
+    handle: Option<axum::Extension<crate::audit::AuditHandle>>,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    if let Some(h) = &handle {
+        h.set_action("console.sign_out");
+    }
+    let form = form.map(|f| f.0).unwrap_or(CsrfForm { csrf: String::new() });
+    let Some(session) = signed_in(s) else { return to_sign_in() };
+    if let Some(h) = &handle {
+        h.set_principal(&session.principal.sub);
+    }
+    if !same_origin(&headers) || !csrf_matches(&session, &form.csrf) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    if let Some(id) = cookie(&headers, SESSION_COOKIE) {
+        state.sessions.end(&id);
+    }
+    let mut r = Redirect::to("/console/sign-in").into_response();
+    r.headers_mut().insert(header::SET_COOKIE, session_cookie("", false, Some(0)));
+    r
+}
+
+async fn switch_language(Path(tag): Path<String>) -> Response {
+    let Some(lang) = Lang::parse(&tag) else { return StatusCode::NOT_FOUND.into_response() };
+    let mut r = Redirect::to("/console").into_response();
+    let c = format!("{LANG_COOKIE}={}; Path=/console; SameSite=Strict; Max-Age=31536000", lang.tag());
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+async fn stylesheet() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("console.css")).into_response()
+}
+
+#[derive(Template)]
+#[template(path = "console/overview.html")]
+struct OverviewPage {
+    l: &'static Labels,
+    lang: &'static str,
+    who: Option<String>,
+    csrf: String,
+    head_seq: i64,
+    checkpoint: Option<(i64, String)>,
+    unsigned: i64,
+}
+
+async fn overview(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    s: Option<axum::Extension<SessionPrincipal>>,
+    caller: Result<Caller, ApiError>,
+) -> Response {
+    let Some(session) = signed_in(s) else { return to_sign_in() };
+    let Some(f) = frame(&headers, Some(&session)) else { return broken() };
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => return error_page(f, e),
+    };
+    match state.vault.audit_state(&caller).await {
+        Ok(chain) => render(
+            &OverviewPage {
+                l: f.l,
+                lang: f.lang,
+                who: f.who,
+                csrf: f.csrf,
+                head_seq: chain.head_seq,
+                unsigned: chain.head_seq - chain.checkpoint.as_ref().map_or(0, |c| c.0),
+                checkpoint: chain.checkpoint.map(|(seq, at)| (seq, at.to_rfc3339())),
+            },
+            StatusCode::OK,
+        ),
+        Err(e) => error_page(f, e.into()),
+    }
+}
+
+/// One row of the audit table: no customer data (ids stay in the event's detail).
+struct EventRow {
+    seq: i64,
+    time: String,
+    principal: String,
+    action: String,
+    outcome: &'static str,
+    status: u16,
+    purpose: String,
+    client: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AuditFilter {
+    principal: String,
+    customer: String,
+    action: String,
+    outcome: String,
+    from: String,
+    to: String,
+    after: Option<i64>,
+}
+
+#[derive(Template)]
+#[template(path = "console/audit.html")]
+struct AuditPage {
+    l: &'static Labels,
+    lang: &'static str,
+    who: Option<String>,
+    csrf: String,
+    filter: AuditFilter,
+    rows: Vec<EventRow>,
+    next: Option<String>,
+}
+
+/// A query-string value, percent-encoded (everything but RFC 3986's unreserved characters).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn opt(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+async fn audit_search(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    s: Option<axum::Extension<SessionPrincipal>>,
+    caller: Result<Caller, ApiError>,
+    filter: Result<axum::extract::Query<AuditFilter>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(session) = signed_in(s) else { return to_sign_in() };
+    let Some(f) = frame(&headers, Some(&session)) else { return broken() };
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => return error_page(f, e),
+    };
+    let Ok(axum::extract::Query(filter)) = filter else {
+        return error_page(f, ApiError::bad_request("bad_query", "the filter has unknown or mistyped fields"));
+    };
+    let time = |s: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        opt(s)
+            .map(|t| {
+                chrono::DateTime::parse_from_rfc3339(&t)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|_| ApiError::bad_request("bad_query", "times are RFC 3339, e.g. 2026-12-01T00:00:00Z"))
+            })
+            .transpose()
+    };
+    let query = (|| -> Result<crate::store::AuditQuery, ApiError> {
+        Ok(crate::store::AuditQuery {
+            principal: opt(&filter.principal),
+            customer: opt(&filter.customer)
+                .map(|c| c.parse().map_err(|_| ApiError::bad_request("bad_query", "a customer id is a UUID")))
+                .transpose()?,
+            action: opt(&filter.action),
+            outcome: opt(&filter.outcome),
+            from: time(&filter.from)?,
+            to: time(&filter.to)?,
+            after_seq: filter.after.unwrap_or(0),
+            limit: 50,
+            scopes: None,
+        })
+    })();
+    let query = match query {
+        Ok(q) => q,
+        Err(e) => return error_page(f, e),
+    };
+    match state.vault.audit_events(&caller, query).await {
+        Ok(page) => {
+            let rows = page
+                .items
+                .iter()
+                .map(|e| EventRow {
+                    seq: e.seq,
+                    time: e.event.time.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    principal: e.event.principal.clone().unwrap_or_default(),
+                    action: e.event.action.clone(),
+                    outcome: e.event.outcome.as_str(),
+                    status: e.event.status,
+                    purpose: e.event.purpose.clone().unwrap_or_default(),
+                    client: e.event.client.clone().unwrap_or_default(),
+                })
+                .collect();
+            let next = page.next_cursor.map(|after| {
+                let mut q: Vec<String> = Vec::new();
+                for (k, v) in [
+                    ("principal", &filter.principal),
+                    ("customer", &filter.customer),
+                    ("action", &filter.action),
+                    ("outcome", &filter.outcome),
+                    ("from", &filter.from),
+                    ("to", &filter.to),
+                ] {
+                    if !v.is_empty() {
+                        q.push(format!("{k}={}", percent_encode(v)));
+                    }
+                }
+                q.push(format!("after={after}"));
+                format!("/console/audit?{}", q.join("&"))
+            });
+            render(&AuditPage { l: f.l, lang: f.lang, who: f.who, csrf: f.csrf, filter, rows, next }, StatusCode::OK)
+        }
+        Err(e) => error_page(f, e.into()),
+    }
+}
+
+/// A verification's outcome, as the page shows it.
+struct VerifyResult {
+    ok: bool,
+    events: i64,
+    checkpoints: i64,
+    first_bad: i64,
+}
+
+#[derive(Template)]
+#[template(path = "console/verify.html")]
+struct VerifyPage {
+    l: &'static Labels,
+    lang: &'static str,
+    who: Option<String>,
+    csrf: String,
+    result: Option<VerifyResult>,
+}
+
+async fn verify_page(
+    headers: HeaderMap,
+    s: Option<axum::Extension<SessionPrincipal>>,
+    caller: Result<Caller, ApiError>,
+    State(state): State<AppState>,
+) -> Response {
+    let Some(session) = signed_in(s) else { return to_sign_in() };
+    let Some(f) = frame(&headers, Some(&session)) else { return broken() };
+    // The page itself is gated: only those who may verify see the button.
+    match caller.and_then(|c| state.vault.may(&c, Action::VerifyAudit).map_err(ApiError::from)) {
+        Ok(()) => render(&VerifyPage { l: f.l, lang: f.lang, who: f.who, csrf: f.csrf, result: None }, StatusCode::OK),
+        Err(e) => error_page(f, e),
+    }
+}
+
+async fn verify_run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    s: Option<axum::Extension<SessionPrincipal>>,
+    caller: Result<Caller, ApiError>,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let form = form.map(|f| f.0).unwrap_or(CsrfForm { csrf: String::new() });
+    let Some(session) = signed_in(s) else { return to_sign_in() };
+    if !same_origin(&headers) || !csrf_matches(&session, &form.csrf) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let Some(f) = frame(&headers, Some(&session)) else { return broken() };
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => return error_page(f, e),
+    };
+    match state.vault.verify_audit(&caller).await {
+        Ok(r) => {
+            let result = VerifyResult {
+                ok: r.ok,
+                events: r.events,
+                checkpoints: r.checkpoints as i64,
+                first_bad: r.first_bad_seq.unwrap_or(0),
+            };
+            render(&VerifyPage { l: f.l, lang: f.lang, who: f.who, csrf: f.csrf, result: Some(result) }, StatusCode::OK)
+        }
+        Err(e) => error_page(f, e.into()),
+    }
+}
