@@ -82,8 +82,9 @@ pub async fn run(addr: std::net::SocketAddr, pid: u32, make: MakeRequest, plan: 
                         _ => b.errors += 1,
                     }
                 }
+                // Completions after the plan's end (a backlog draining) belong to no interval.
                 let done = (start.elapsed().as_secs_f64() / interval.as_secs_f64()) as usize;
-                if let Some(bucket) = buckets.get(done.min(buckets.len() - 1)) {
+                if let Some(bucket) = buckets.get(done) {
                     bucket.lock().unwrap_or_else(|p| p.into_inner()).completed += 1;
                 }
                 k += 1;
