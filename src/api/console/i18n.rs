@@ -104,6 +104,18 @@ pub struct Labels {
     pub verify_events: String,
     pub verify_checkpoints: String,
     pub error_title: String,
+    pub nav_alerts: String,
+    pub alerts_title: String,
+    pub alerts_kind: String,
+    pub alerts_principal: String,
+    pub alerts_region: String,
+    pub alerts_raised: String,
+    pub alerts_customers: String,
+    pub alerts_status: String,
+    pub alerts_reason: String,
+    pub alerts_clear: String,
+    pub alerts_none: String,
+    pub alerts_explain: String,
 }
 
 /// Why the catalogues did not load.

@@ -68,6 +68,8 @@ fn declared() -> Vec<(super::RouteDecl, Handler)> {
         d(Method::GET, "/audit", Action::ReadAudit, on(MethodFilter::GET, audit_search)),
         d(Method::GET, "/verify", Action::VerifyAudit, on(MethodFilter::GET, verify_page)),
         d(Method::POST, "/verify", Action::VerifyAudit, on(MethodFilter::POST, verify_run)),
+        d(Method::GET, "/alerts", Action::AuditAlerts, on(MethodFilter::GET, alerts_page)),
+        d(Method::POST, "/alerts/{id}/clear", Action::AuditAlerts, on(MethodFilter::POST, clear_alert)),
     ]
 }
 
@@ -547,6 +549,108 @@ async fn verify_run(
             };
             render(&VerifyPage { l: f.l, lang: f.lang, who: f.who, csrf: f.csrf, result: Some(result) }, StatusCode::OK)
         }
+        Err(e) => error_page(f, e.into()),
+    }
+}
+
+/// One alert as the page shows it (principals and regions only: no customer data).
+struct AlertRow {
+    id: uuid::Uuid,
+    kind: String,
+    principal: String,
+    region: String,
+    raised: String,
+    customers: i32,
+    status: &'static str,
+    open: bool,
+}
+
+#[derive(Template)]
+#[template(path = "console/alerts.html")]
+struct AlertsPage {
+    l: &'static Labels,
+    lang: &'static str,
+    who: Option<String>,
+    csrf: String,
+    rows: Vec<AlertRow>,
+}
+
+async fn alerts_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    s: Option<axum::Extension<SessionPrincipal>>,
+    caller: Result<Caller, ApiError>,
+) -> Response {
+    let Some(session) = signed_in(s) else { return to_sign_in() };
+    let Some(f) = frame(&headers, Some(&session)) else { return broken() };
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => return error_page(f, e),
+    };
+    match state.vault.alerts(&caller).await {
+        Ok(alerts) => {
+            let rows = alerts
+                .into_iter()
+                .map(|a| AlertRow {
+                    id: a.id,
+                    kind: a.kind,
+                    principal: a.principal,
+                    region: a.region.unwrap_or_default(),
+                    raised: a.raised_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    customers: a.distinct_customers,
+                    status: if a.cleared_at.is_some() { "cleared" } else { "open" },
+                    open: a.cleared_at.is_none(),
+                })
+                .collect();
+            render(&AlertsPage { l: f.l, lang: f.lang, who: f.who, csrf: f.csrf, rows }, StatusCode::OK)
+        }
+        Err(e) => error_page(f, e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ClearForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Clears an alert with a ticket reference, which the audit event records as its
+/// justification.
+async fn clear_alert(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    s: Option<axum::Extension<SessionPrincipal>>,
+    caller: Result<Caller, ApiError>,
+    form: Result<Form<ClearForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let form = form.map(|f| f.0).unwrap_or(ClearForm { csrf: String::new(), reason: String::new() });
+    let Some(session) = signed_in(s) else { return to_sign_in() };
+    if !same_origin(&headers) || !csrf_matches(&session, &form.csrf) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let Some(f) = frame(&headers, Some(&session)) else { return broken() };
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => return error_page(f, e),
+    };
+    // The gate first: a non-officer learns nothing, not even about the form.
+    if let Err(e) = state.vault.may(&caller, Action::AuditAlerts) {
+        return error_page(f, e.into());
+    }
+    if !crate::vault::valid_justification(&form.reason) {
+        return error_page(
+            f,
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_reason", "Invalid reason")
+                .detail("clearing an alert needs a ticket reference: 3 to 64 letters, digits and - _ . : / #"),
+        );
+    }
+    let Ok(id) = uuid::Uuid::try_parse(&id) else { return error_page(f, ApiError::not_found()) };
+    caller.audit.set_justification(&form.reason);
+    match state.vault.clear_alert(&caller, id).await {
+        Ok(_) => Redirect::to("/console/alerts").into_response(),
         Err(e) => error_page(f, e.into()),
     }
 }
