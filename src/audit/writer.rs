@@ -172,8 +172,8 @@ async fn maybe_checkpoint(
 ) {
     let mut last = last.lock().await;
     if last.is_none() {
-        match store.checkpoints().await {
-            Ok(cps) => *last = Some(cps.last().map_or(0, |c| c.seq)),
+        match store.latest_checkpoint().await {
+            Ok(newest) => *last = Some(newest.map_or(0, |c| c.seq)),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read audit checkpoints");
                 return;

@@ -66,10 +66,6 @@ impl Sessions {
         Sessions { policy, rng: SystemRandom::new(), table: Mutex::new(HashMap::new()) }
     }
 
-    pub fn policy(&self) -> SessionPolicy {
-        self.policy
-    }
-
     fn random(&self) -> Option<String> {
         let mut bytes = [0u8; 32];
         self.rng.fill(&mut bytes).ok()?;

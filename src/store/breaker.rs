@@ -181,6 +181,9 @@ impl Store for Breaker {
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
         self.call(self.inner.checkpoints()).await
     }
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        self.call(self.inner.latest_checkpoint()).await
+    }
     async fn audit_events_after(&self, after_seq: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         self.call(self.inner.audit_events_after(after_seq, limit)).await
     }

@@ -385,6 +385,8 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a checkpoint (a duplicate sequence number is ignored).
     async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+    /// The newest checkpoint.
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
     /// Events after `after_seq`, in order, at most `limit`, for verification: the customer-id
     /// and field lists are left empty (the stored texts, which the chain covers, are kept).
     async fn audit_events_after(&self, after_seq: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError>;

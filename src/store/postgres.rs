@@ -240,6 +240,18 @@ async fn remember_in(
     Ok(())
 }
 
+const CHECKPOINT_SELECT: &str = "SELECT seq, chain_hash, time, key_id, signature FROM audit_checkpoints";
+
+fn checkpoint_from(r: &sqlx::postgres::PgRow) -> Result<crate::audit::Checkpoint, sqlx::Error> {
+    Ok(crate::audit::Checkpoint {
+        seq: r.try_get(0)?,
+        chain_hash: r.try_get(1)?,
+        time: r.try_get(2)?,
+        key_id: r.try_get(3)?,
+        signature: r.try_get(4)?,
+    })
+}
+
 /// An event from its row; `lists` parses the customer-id and field texts (verification
 /// only hashes the texts, and parsing them was most of its decoding cost).
 fn event_from_row(
@@ -670,23 +682,16 @@ impl crate::store::Store for PgStore {
     }
 
     async fn checkpoints(&self) -> Result<Vec<crate::audit::Checkpoint>, crate::store::StoreError> {
-        use sqlx::Row;
         let mut conn = self.read.acquire().await.map_err(crate::store::StoreError::Unavailable)?;
-        let rows = sqlx::query("SELECT seq, chain_hash, time, key_id, signature FROM audit_checkpoints ORDER BY seq")
-            .fetch_all(&mut *conn)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                Ok(crate::audit::Checkpoint {
-                    seq: r.try_get(0)?,
-                    chain_hash: r.try_get(1)?,
-                    time: r.try_get(2)?,
-                    key_id: r.try_get(3)?,
-                    signature: r.try_get(4)?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?)
+        let rows = sqlx::query(&format!("{CHECKPOINT_SELECT} ORDER BY seq")).fetch_all(&mut *conn).await?;
+        Ok(rows.iter().map(checkpoint_from).collect::<Result<Vec<_>, sqlx::Error>>()?)
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<crate::audit::Checkpoint>, crate::store::StoreError> {
+        let mut conn = self.read.acquire().await.map_err(crate::store::StoreError::Unavailable)?;
+        let row =
+            sqlx::query(&format!("{CHECKPOINT_SELECT} ORDER BY seq DESC LIMIT 1")).fetch_optional(&mut *conn).await?;
+        Ok(row.as_ref().map(checkpoint_from).transpose()?)
     }
 
     async fn audit_events_after(

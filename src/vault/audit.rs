@@ -88,7 +88,7 @@ impl Vault {
     pub async fn audit_state(&self, caller: &Caller) -> Result<ChainState, VaultError> {
         self.admit(caller, Action::ReadAudit)?;
         let head = self.store.audit_head().await?;
-        let checkpoint = self.store.checkpoints().await?.pop().map(|c| (c.seq, c.time));
+        let checkpoint = self.store.latest_checkpoint().await?.map(|c| (c.seq, c.time));
         Ok(ChainState { head_seq: head.seq, checkpoint })
     }
 

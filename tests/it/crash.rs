@@ -41,43 +41,13 @@ fn rounds() -> usize {
 }
 
 async fn custodia(args: &[&str]) -> (bool, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia"))
-        .current_dir(ROOT)
-        .env_remove("CUSTODIA_DATABASE_URL")
-        .env_remove("CUSTODIA_LISTEN")
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let (ok, out, err) = custodia_cli(args).await;
+    (ok, format!("{out}{err}"))
 }
 
 async fn serve(config: &str) -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia"))
-        .current_dir(ROOT)
-        .env_remove("CUSTODIA_DATABASE_URL")
-        .env_remove("CUSTODIA_LISTEN")
-        .args(["--config", config, "serve"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(a) = line.strip_prefix("custodia listening on ") {
-                return a.to_owned();
-            }
-        }
-        panic!("the server ended before listening");
-    })
-    .await
-    .expect("the server listens");
-    // Keep draining stdout so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    let (child, addr) = serve_binary(config, std::process::Stdio::null()).await;
+    (child, format!("http://{addr}"))
 }
 
 /// What the clients know for certain, and what they cannot know.

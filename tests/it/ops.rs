@@ -13,18 +13,7 @@ use uuid::Uuid;
 use crate::support::*;
 
 async fn custodia(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia"))
-        .current_dir(ROOT)
-        .env_remove("CUSTODIA_DATABASE_URL")
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    custodia_cli(args).await
 }
 
 async fn verify(url: &str) -> (bool, String, String) {
@@ -159,7 +148,6 @@ async fn serve_process(dir: &Path, grace_ms: u64) -> (tokio::process::Child, Str
 
 /// [`serve_process`] with these configuration lines.
 async fn serve_process_with(dir: &Path, settings: &str) -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt;
     let config = dir.join("custodia.toml");
     std::fs::write(
         &config,
@@ -173,28 +161,7 @@ async fn serve_process_with(dir: &Path, settings: &str) -> (tokio::process::Chil
     let config = config.to_str().unwrap().to_owned();
     let (ok, out, err) = custodia(&["--config", &config, "admin", "bootstrap", "--sub", ROOT_ADMIN]).await;
     assert!(ok, "{out}{err}");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia"))
-        .current_dir(ROOT)
-        .env_remove("CUSTODIA_DATABASE_URL")
-        .env_remove("CUSTODIA_LISTEN")
-        .args(["--config", &config, "serve"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(a) = line.strip_prefix("custodia listening on http://") {
-                return a.to_owned();
-            }
-        }
-        panic!("the server ended before listening");
-    })
-    .await
-    .expect("the server listens");
-    (child, addr)
+    serve_binary(&config, std::process::Stdio::piped()).await
 }
 
 /// A grant request whose body is sent in two halves: the handler waits for the second.

@@ -578,3 +578,52 @@ pub fn id_literal(db: &Db, id: Uuid) -> String {
         Db::Postgres { .. } => format!("'{id}'"),
     }
 }
+
+/// Runs the `custodia` binary from the repository root with the CUSTODIA_* variables that
+/// would override its flags unset: (success, stdout, stderr).
+pub async fn custodia_cli(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .current_dir(ROOT)
+        .env_remove("CUSTODIA_DATABASE_URL")
+        .env_remove("CUSTODIA_LISTEN")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `custodia --config CONFIG serve` as a process of its own (the real binary and its signal
+/// handling); returns it and its address (`127.0.0.1:PORT`) once it listens. Its standard
+/// output is drained; its standard error goes to `stderr` (piped only for a short-lived server
+/// whose log the test reads: an unread pipe fills and blocks a busy one).
+pub async fn serve_binary(config: &str, stderr: std::process::Stdio) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .current_dir(ROOT)
+        .env_remove("CUSTODIA_DATABASE_URL")
+        .env_remove("CUSTODIA_LISTEN")
+        .args(["--config", config, "serve"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(a) = line.strip_prefix("custodia listening on http://") {
+                return a.to_owned();
+            }
+        }
+        panic!("the server ended before listening");
+    })
+    .await
+    .expect("the server listens");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}

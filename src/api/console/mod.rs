@@ -79,13 +79,15 @@ pub fn router(state: AppState) -> Router<AppState> {
     for (decl, handler) in declared() {
         pages = pages.route(decl.path, handler);
     }
+    // Sign-in and sign-out are audited (as `console.sign_in`, `console.sign_out`); the sign-in
+    // form, the language switch and the stylesheet disclose nothing and are not.
     let audited = pages
-        .route("/sign-in", get(sign_in_page))
         .route("/sign-in/development", post(development_sign_in))
         .route("/sign-out", post(sign_out))
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record));
     Router::new()
         .merge(audited)
+        .route("/sign-in", get(sign_in_page))
         .route("/lang/{tag}", get(switch_language))
         .route("/static/console.css", get(stylesheet))
         .fallback(|| async { StatusCode::NOT_FOUND })
@@ -212,6 +214,35 @@ fn broken() -> Response {
     StatusCode::INTERNAL_SERVER_ERROR.into_response()
 }
 
+/// A signed-in page's context: its session, its frame, and the caller the gate decides for.
+/// Without a session the request is sent to sign-in; a caller the vault refuses (a revoked
+/// principal) gets the refusal as a page.
+struct Page {
+    session: Session,
+    f: Frame,
+    caller: Caller,
+}
+
+impl axum::extract::FromRequestParts<AppState> for Page {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &AppState) -> Result<Self, Response> {
+        let Some(SessionPrincipal(session)) = parts.extensions.get::<SessionPrincipal>().cloned() else {
+            return Err(to_sign_in());
+        };
+        let Some(f) = frame(&parts.headers, Some(&session)) else { return Err(broken()) };
+        match Caller::from_request_parts(parts, state).await {
+            Ok(caller) => Ok(Page { session, f, caller }),
+            Err(e) => Err(error_page(f, e)),
+        }
+    }
+}
+
+/// Whether a state-changing form of `session` may proceed: same origin and its CSRF token.
+fn form_allowed(headers: &HeaderMap, session: &Session, csrf: &str) -> bool {
+    same_origin(headers) && csrf_matches(session, csrf)
+}
+
 #[derive(Template)]
 #[template(path = "console/sign_in.html")]
 struct SignInPage {
@@ -289,7 +320,7 @@ async fn sign_out(
     if let Some(h) = &handle {
         h.set_principal(&session.principal.sub);
     }
-    if !same_origin(&headers) || !csrf_matches(&session, &form.csrf) {
+    if !form_allowed(&headers, &session, &form.csrf) {
         return StatusCode::FORBIDDEN.into_response();
     }
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
@@ -326,18 +357,7 @@ struct OverviewPage {
     unsigned: i64,
 }
 
-async fn overview(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    s: Option<axum::Extension<SessionPrincipal>>,
-    caller: Result<Caller, ApiError>,
-) -> Response {
-    let Some(session) = signed_in(s) else { return to_sign_in() };
-    let Some(f) = frame(&headers, Some(&session)) else { return broken() };
-    let caller = match caller {
-        Ok(c) => c,
-        Err(e) => return error_page(f, e),
-    };
+async fn overview(State(state): State<AppState>, Page { f, caller, .. }: Page) -> Response {
     match state.vault.audit_state(&caller).await {
         Ok(chain) => render(
             &OverviewPage {
@@ -408,17 +428,9 @@ fn opt(s: &str) -> Option<String> {
 
 async fn audit_search(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    s: Option<axum::Extension<SessionPrincipal>>,
-    caller: Result<Caller, ApiError>,
+    Page { f, caller, .. }: Page,
     filter: Result<axum::extract::Query<AuditFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Some(session) = signed_in(s) else { return to_sign_in() };
-    let Some(f) = frame(&headers, Some(&session)) else { return broken() };
-    let caller = match caller {
-        Ok(c) => c,
-        Err(e) => return error_page(f, e),
-    };
     let Ok(axum::extract::Query(filter)) = filter else {
         return error_page(f, ApiError::bad_request("bad_query", "the filter has unknown or mistyped fields"));
     };
@@ -507,38 +519,24 @@ struct VerifyPage {
     result: Option<VerifyResult>,
 }
 
-async fn verify_page(
-    headers: HeaderMap,
-    s: Option<axum::Extension<SessionPrincipal>>,
-    caller: Result<Caller, ApiError>,
-    State(state): State<AppState>,
-) -> Response {
-    let Some(session) = signed_in(s) else { return to_sign_in() };
-    let Some(f) = frame(&headers, Some(&session)) else { return broken() };
+async fn verify_page(State(state): State<AppState>, Page { f, caller, .. }: Page) -> Response {
     // The page itself is gated: only those who may verify see the button.
-    match caller.and_then(|c| state.vault.may(&c, Action::VerifyAudit).map_err(ApiError::from)) {
+    match state.vault.may(&caller, Action::VerifyAudit) {
         Ok(()) => render(&VerifyPage { l: f.l, lang: f.lang, who: f.who, csrf: f.csrf, result: None }, StatusCode::OK),
-        Err(e) => error_page(f, e),
+        Err(e) => error_page(f, e.into()),
     }
 }
 
 async fn verify_run(
     State(state): State<AppState>,
     headers: HeaderMap,
-    s: Option<axum::Extension<SessionPrincipal>>,
-    caller: Result<Caller, ApiError>,
+    Page { session, f, caller }: Page,
     form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let form = form.map(|f| f.0).unwrap_or(CsrfForm { csrf: String::new() });
-    let Some(session) = signed_in(s) else { return to_sign_in() };
-    if !same_origin(&headers) || !csrf_matches(&session, &form.csrf) {
+    let csrf = form.map(|f| f.0.csrf).unwrap_or_default();
+    if !form_allowed(&headers, &session, &csrf) {
         return StatusCode::FORBIDDEN.into_response();
     }
-    let Some(f) = frame(&headers, Some(&session)) else { return broken() };
-    let caller = match caller {
-        Ok(c) => c,
-        Err(e) => return error_page(f, e),
-    };
     match state.vault.verify_audit(&caller).await {
         Ok(r) => {
             let result = VerifyResult {
@@ -575,18 +573,7 @@ struct AlertsPage {
     rows: Vec<AlertRow>,
 }
 
-async fn alerts_page(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    s: Option<axum::Extension<SessionPrincipal>>,
-    caller: Result<Caller, ApiError>,
-) -> Response {
-    let Some(session) = signed_in(s) else { return to_sign_in() };
-    let Some(f) = frame(&headers, Some(&session)) else { return broken() };
-    let caller = match caller {
-        Ok(c) => c,
-        Err(e) => return error_page(f, e),
-    };
+async fn alerts_page(State(state): State<AppState>, Page { f, caller, .. }: Page) -> Response {
     match state.vault.alerts(&caller).await {
         Ok(alerts) => {
             let rows = alerts
@@ -622,20 +609,13 @@ async fn clear_alert(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    s: Option<axum::Extension<SessionPrincipal>>,
-    caller: Result<Caller, ApiError>,
+    Page { session, f, caller }: Page,
     form: Result<Form<ClearForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let form = form.map(|f| f.0).unwrap_or(ClearForm { csrf: String::new(), reason: String::new() });
-    let Some(session) = signed_in(s) else { return to_sign_in() };
-    if !same_origin(&headers) || !csrf_matches(&session, &form.csrf) {
+    if !form_allowed(&headers, &session, &form.csrf) {
         return StatusCode::FORBIDDEN.into_response();
     }
-    let Some(f) = frame(&headers, Some(&session)) else { return broken() };
-    let caller = match caller {
-        Ok(c) => c,
-        Err(e) => return error_page(f, e),
-    };
     // The gate first: a non-officer learns nothing, not even about the form.
     if let Err(e) = state.vault.may(&caller, Action::AuditAlerts) {
         return error_page(f, e.into());

@@ -588,18 +588,11 @@ impl Store for SqliteStore {
     }
 
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        self.read(|c| {
-            all(c, "SELECT seq, chain_hash, time, key_id, signature FROM audit_checkpoints ORDER BY seq", [], |r| {
-                Ok(Checkpoint {
-                    seq: r.get(0)?,
-                    chain_hash: r.get(1)?,
-                    time: time_at(r, 2)?,
-                    key_id: r.get(3)?,
-                    signature: r.get(4)?,
-                })
-            })
-        })
-        .await
+        self.read(|c| all(c, &format!("{CHECKPOINT_SELECT} ORDER BY seq"), [], checkpoint_from)).await
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        self.read(|c| first(c, &format!("{CHECKPOINT_SELECT} ORDER BY seq DESC LIMIT 1"), [], checkpoint_from)).await
     }
 
     async fn audit_events_after(&self, after_seq: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
@@ -974,6 +967,18 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+const CHECKPOINT_SELECT: &str = "SELECT seq, chain_hash, time, key_id, signature FROM audit_checkpoints";
+
+fn checkpoint_from(r: &rusqlite::Row<'_>) -> Result<Checkpoint, StoreError> {
+    Ok(Checkpoint {
+        seq: r.get(0)?,
+        chain_hash: r.get(1)?,
+        time: time_at(r, 2)?,
+        key_id: r.get(3)?,
+        signature: r.get(4)?,
+    })
 }
 
 /// The access-log links of a range of events, in the order verification compares them. It
