@@ -52,6 +52,33 @@ pub enum StartError {
     Metrics(#[from] crate::telemetry::prometheus::TelemetryError),
     #[error(transparent)]
     Console(#[from] crate::api::console::i18n::CatalogueError),
+    #[error("console sign-in: {0}")]
+    Oidc(crate::auth::oidc::OidcError),
+}
+
+/// How often the identity provider's keys are fetched again (and, after a failure, retried).
+const PROVIDER_KEYS_EVERY: Duration = Duration::from_secs(300);
+const PROVIDER_KEYS_RETRY: Duration = Duration::from_secs(10);
+
+/// Fetches the identity provider's signing keys now (a provider down at start is logged, not
+/// fatal: the console's sign-in says it is unavailable until it answers), then keeps them
+/// fresh in the background for as long as the vault lives.
+async fn keep_provider_keys(client: &Arc<crate::auth::oidc::OidcClient>, auth: &Arc<Authenticator>) {
+    let mut first = client.refresh_keys(auth).await;
+    if let Err(e) = &first {
+        tracing::warn!(error = %e, "identity provider not reachable at start; retrying in the background");
+    }
+    let (client, auth) = (Arc::downgrade(client), Arc::downgrade(auth));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(if first.is_ok() { PROVIDER_KEYS_EVERY } else { PROVIDER_KEYS_RETRY }).await;
+            let (Some(client), Some(auth)) = (client.upgrade(), auth.upgrade()) else { return };
+            first = client.refresh_keys(&auth).await;
+            if let Err(e) = &first {
+                tracing::warn!(error = %e, "identity provider's keys not refreshed");
+            }
+        }
+    });
 }
 
 const EXAMPLE_KEYS_WARNING: &str =
@@ -90,7 +117,15 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
     for (version, fingerprint) in keyring.versions() {
         tracing::info!(version, fingerprint, "key-encryption key loaded");
     }
-    let authenticator = Authenticator::from_config(&config.auth)?;
+    let authenticator = Arc::new(Authenticator::new(&config.auth, config.console.client_id.is_some())?);
+    let oidc = match crate::auth::oidc::OidcClient::from_config(config) {
+        Some(client) => {
+            let client = Arc::new(client.map_err(StartError::Oidc)?);
+            keep_provider_keys(&client, &authenticator).await;
+            Some(client)
+        }
+        None => None,
+    };
     let development_sign_in = authenticator.accepts_example_key();
     crate::api::console::i18n::load()?;
     if authenticator.accepts_example_key() {
@@ -150,12 +185,13 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
     let trusted_proxies = config.trusted_proxies.iter().filter_map(|c| c.parse().ok()).collect();
     let state = AppState::new(crate::api::Shared {
         vault: Arc::new(vault),
-        authenticator: Arc::new(authenticator),
+        authenticator,
+        oidc,
         audit,
         trusted_proxies,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
         sessions: Arc::new(crate::auth::session::Sessions::new(crate::auth::session::SessionPolicy {
-            idle: Duration::from_secs(config.console.session_idle_minutes.max(1) * 60),
+            idle: Duration::from_secs_f64(config.console.session_idle_minutes * 60.0),
             lifetime: Duration::from_secs(config.console.session_max_hours.max(1) * 3600),
         })),
         development_sign_in,

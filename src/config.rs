@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use secrecy::SecretString;
 use serde::Deserialize;
 
 /// Log output format.
@@ -75,16 +76,52 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsoleConfig {
-    /// A session ends after this long without a request.
-    pub session_idle_minutes: u64,
+    /// A session ends after this long without a request (fractions allowed: 0.5 is 30 s).
+    pub session_idle_minutes: f64,
     /// A session ends this long after sign-in, however busy.
     pub session_max_hours: u64,
+    /// The console's client id at the identity provider (the issuer of `auth.issuer`, found
+    /// through its discovery document). Setting it turns on OpenID Connect sign-in.
+    pub client_id: Option<String>,
+    /// The console's client secret (a confidential client). `CUSTODIA_CONSOLE_CLIENT_SECRET`
+    /// overrides it, which keeps it out of the file.
+    pub client_secret: Option<SecretString>,
+    /// The console's sign-in callback as the browser reaches it, registered at the provider:
+    /// `https://vault.example/console/sign-in/callback`.
+    pub redirect_uri: Option<String>,
+    /// How long a call to the identity provider (discovery, JWKS, code exchange) may take.
+    pub provider_timeout_ms: u64,
 }
 
 impl Default for ConsoleConfig {
     fn default() -> Self {
-        ConsoleConfig { session_idle_minutes: 15, session_max_hours: 8 }
+        ConsoleConfig {
+            session_idle_minutes: 15.0,
+            session_max_hours: 8,
+            client_id: None,
+            client_secret: None,
+            redirect_uri: None,
+            provider_timeout_ms: 5_000,
+        }
     }
+}
+
+/// The path of the console's sign-in callback (what `console.redirect_uri` must end with).
+pub const CONSOLE_CALLBACK_PATH: &str = "/console/sign-in/callback";
+
+/// Whether `url` is `https://…`, or `http://` to a loopback address (a provider on the same
+/// machine, as in development and tests): tokens and secrets never cross a network in clear.
+pub fn secure_or_loopback(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A PKCS#11 token holding the key-encryption keys.
@@ -245,6 +282,10 @@ impl Config {
                     .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?
             }
         };
+        let mut config = config;
+        if let Ok(secret) = std::env::var("CUSTODIA_CONSOLE_CLIENT_SECRET") {
+            config.console.client_secret = Some(SecretString::from(secret));
+        }
         config.check()?;
         Ok(config)
     }
@@ -256,7 +297,8 @@ impl Config {
         if self.auth.issuer.is_empty() || self.auth.audience.is_empty() {
             return Err(ConfigError::Invalid("auth.issuer and auth.audience are required"));
         }
-        if self.auth.keys.is_empty() && self.auth.jwks_file.is_none() {
+        // With OpenID Connect sign-in, the provider's published keys are fetched (auth::oidc).
+        if self.auth.keys.is_empty() && self.auth.jwks_file.is_none() && self.console.client_id.is_none() {
             return Err(ConfigError::Invalid("no token verification key configured"));
         }
         if self.audit.checkpoint_every < 1 || self.audit.checkpoint_interval_ms == 0 || self.audit.bulk_threshold == 0 {
@@ -293,6 +335,35 @@ impl Config {
         }
         if self.database_timeout_ms == 0 || self.database_timeout_ms >= self.request_timeout_ms {
             return Err(ConfigError::Invalid("database_timeout_ms must be positive and below request_timeout_ms"));
+        }
+        let c = &self.console;
+        if !(c.session_idle_minutes > 0.0 && c.session_idle_minutes <= 24.0 * 60.0) || c.session_max_hours == 0 {
+            return Err(ConfigError::Invalid(
+                "console.session_idle_minutes must be above 0 and at most 1440, session_max_hours positive",
+            ));
+        }
+        if c.client_id.is_some() {
+            if c.client_secret.is_none() {
+                return Err(ConfigError::Invalid(
+                    "console.client_id needs console.client_secret (or CUSTODIA_CONSOLE_CLIENT_SECRET)",
+                ));
+            }
+            let Some(redirect) = &c.redirect_uri else {
+                return Err(ConfigError::Invalid("console.client_id needs console.redirect_uri"));
+            };
+            if !redirect.ends_with(CONSOLE_CALLBACK_PATH) || !secure_or_loopback(redirect) {
+                return Err(ConfigError::Invalid(
+                    "console.redirect_uri must be an https (or loopback http) URL ending in /console/sign-in/callback",
+                ));
+            }
+            if !secure_or_loopback(&self.auth.issuer) {
+                return Err(ConfigError::Invalid(
+                    "OpenID Connect sign-in needs auth.issuer to be the provider's https URL (or a loopback http one)",
+                ));
+            }
+            if c.provider_timeout_ms == 0 {
+                return Err(ConfigError::Invalid("console.provider_timeout_ms must be positive"));
+            }
         }
         if self.body_limit_bytes < 1024 || self.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid("body_limit_bytes must be at least 1024 and request_timeout_ms positive"));

@@ -50,6 +50,8 @@ pub struct Shared {
     /// The console's development sign-in: on only while the public example token key is
     /// accepted (the embedded default).
     pub development_sign_in: bool,
+    /// The console's OpenID Connect client, when `console.client_id` is configured.
+    pub oidc: Option<Arc<crate::auth::oidc::OidcClient>>,
 }
 
 impl AppState {

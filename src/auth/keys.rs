@@ -1,7 +1,7 @@
 //! Loading the allow-list of token verification keys from PEM files and an optional JWKS
 //! file. Only asymmetric keys are accepted; each key is pinned to one algorithm.
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::config::{AuthConfig, TokenAlgorithm};
@@ -56,7 +56,50 @@ fn ed25519_raw_from_pem(pem: &[u8]) -> Option<Vec<u8>> {
 /// The loaded keys: (kid, algorithm, key, whether it is the public example key).
 pub(super) type LoadedKey = (String, Algorithm, DecodingKey, bool);
 
-pub(super) fn load(config: &AuthConfig) -> Result<Vec<LoadedKey>, KeyConfigError> {
+/// One JWK as an allowed key: EdDSA (Ed25519), ES256 (P-256) and RS256 only, with a `kid`,
+/// for signatures, its algorithm pinned by its type (and matching its `alg` when it has one).
+fn from_jwk(jwk: &Jwk) -> Result<LoadedKey, KeyConfigError> {
+    let kid = jwk.common.key_id.clone().ok_or(KeyConfigError::UnsupportedJwk)?;
+    if jwk.common.public_key_use.as_ref().is_some_and(|u| *u != PublicKeyUse::Signature) {
+        return Err(KeyConfigError::UnsupportedJwk);
+    }
+    let mut example = false;
+    let alg = match &jwk.algorithm {
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            use base64::Engine;
+            example = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p.x.trim_end_matches('='))
+                .is_ok_and(|raw| is_example_raw(&raw));
+            Algorithm::EdDSA
+        }
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        _ => return Err(KeyConfigError::UnsupportedJwk),
+    };
+    let declared_matches = match &jwk.common.key_algorithm {
+        None => true,
+        Some(KeyAlgorithm::EdDSA) => alg == Algorithm::EdDSA,
+        Some(KeyAlgorithm::ES256) => alg == Algorithm::ES256,
+        Some(KeyAlgorithm::RS256) => alg == Algorithm::RS256,
+        Some(_) => false,
+    };
+    if !declared_matches {
+        return Err(KeyConfigError::UnsupportedJwk);
+    }
+    let key = DecodingKey::from_jwk(jwk).map_err(|_| KeyConfigError::UnsupportedJwk)?;
+    Ok((kid, alg, key, example))
+}
+
+/// The identity provider's signing keys from its published JWKS: keys of other kinds or uses
+/// (encryption keys, PS256, …) are left out, not an error — the provider publishes them for
+/// others.
+pub(super) fn from_provider_jwks(set: &JwkSet) -> Vec<LoadedKey> {
+    set.keys.iter().filter_map(|jwk| from_jwk(jwk).ok()).collect()
+}
+
+/// The configured keys (PEM files, JWKS file). None at all is an error unless the identity
+/// provider's published keys are to be fetched (`provider_keys`).
+pub(super) fn load(config: &AuthConfig, provider_keys: bool) -> Result<Vec<LoadedKey>, KeyConfigError> {
     let mut out = Vec::new();
     for k in &config.keys {
         let pem = read(&k.public_key_pem)?;
@@ -74,25 +117,10 @@ pub(super) fn load(config: &AuthConfig) -> Result<Vec<LoadedKey>, KeyConfigError
         let set: JwkSet = serde_json::from_slice(&read(path)?)
             .map_err(|_| KeyConfigError::BadJwks { path: path.display().to_string() })?;
         for jwk in &set.keys {
-            let kid = jwk.common.key_id.clone().ok_or(KeyConfigError::UnsupportedJwk)?;
-            let mut example = false;
-            let alg = match &jwk.algorithm {
-                AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
-                    use base64::Engine;
-                    example = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .decode(p.x.trim_end_matches('='))
-                        .is_ok_and(|raw| is_example_raw(&raw));
-                    Algorithm::EdDSA
-                }
-                AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
-                AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                _ => return Err(KeyConfigError::UnsupportedJwk),
-            };
-            let key = DecodingKey::from_jwk(jwk).map_err(|_| KeyConfigError::UnsupportedJwk)?;
-            out.push((kid, alg, key, example));
+            out.push(from_jwk(jwk)?);
         }
     }
-    if out.is_empty() {
+    if out.is_empty() && !provider_keys {
         return Err(KeyConfigError::NoKeys);
     }
     Ok(out)

@@ -75,6 +75,15 @@ pub struct Permit {
     capability: Capability,
 }
 
+/// What a principal may hand out under one of its grants (for a grant form): `role` at
+/// `scope` or any node inside it, until `until` at the latest (`None`: no limit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delegable {
+    pub role: String,
+    pub scope: RegionId,
+    pub until: Option<DateTime<Utc>>,
+}
+
 /// A permitted access to one customer record.
 #[derive(Debug)]
 pub struct RecordAccess<'a> {
@@ -164,6 +173,24 @@ impl Gate {
             return Err(Denied::SeparationOfDuties);
         }
         Ok(Delegation { parent })
+    }
+
+    /// What `principal` could grant now (the bounds [`Gate::delegation`] applies: its live
+    /// grants that permit `grant.create`, the roles each may hand out, their scope and expiry).
+    /// Empty when it may grant nothing. For drawing a grant form; granting itself is decided by
+    /// [`Gate::delegation`].
+    pub fn delegable(&self, principal: &Principal) -> Vec<Delegable> {
+        let Ok(capability) = self.authz.capability(principal, Action::CreateGrant, None) else { return Vec::new() };
+        let policy = self.authz.policy();
+        let mut out = Vec::new();
+        for g in capability.grants() {
+            for role in policy.roles() {
+                if policy.may_delegate(&g.role, role) {
+                    out.push(Delegable { role: role.to_owned(), scope: g.region.clone(), until: g.expires_at });
+                }
+            }
+        }
+        out
     }
 
     /// May the permit (for `grant.revoke`) revoke `target`? Bounded exactly like granting: the

@@ -109,6 +109,43 @@ impl Snapshot {
         GrantStatus::Suspended
     }
 
+    /// The grants delegated under `id`, directly or further down (what revoking it suspends),
+    /// oldest first.
+    pub fn delegated_under(&self, id: Uuid) -> Vec<&CachedGrant> {
+        let mut out: Vec<&CachedGrant> = self
+            .grants
+            .values()
+            .filter(|g| {
+                let mut parent = g.record.parent_id;
+                for _ in 0..MAX_CHAIN {
+                    match parent {
+                        Some(p) if p == id => return true,
+                        Some(p) => parent = self.grants.get(&p).and_then(|g| g.record.parent_id),
+                        None => return false,
+                    }
+                }
+                false
+            })
+            .collect();
+        out.sort_by_key(|g| (g.record.created_at, g.record.id));
+        out
+    }
+
+    /// The grants above `id` in its delegation chain, nearest first (at most the chain limit).
+    pub fn chain_above(&self, id: Uuid) -> Vec<&CachedGrant> {
+        let mut out = Vec::new();
+        let mut parent = self.grants.get(&id).and_then(|g| g.record.parent_id);
+        while let Some(p) = parent {
+            let Some(g) = self.grants.get(&p) else { break };
+            out.push(g);
+            if out.len() >= MAX_CHAIN {
+                break;
+            }
+            parent = g.record.parent_id;
+        }
+        out
+    }
+
     /// The principal's grants that are in force at `now`.
     pub fn live_grants_of<'a>(
         &'a self,

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::domain::RegionId;
-pub use gate::{Budget, Gate, Permit, RecordAccess};
+pub use gate::{Budget, Delegable, Gate, Permit, RecordAccess};
 pub use grants::{GrantCache, GrantStatus, Snapshot};
 pub use policy::{Duty, Policy, PolicyError};
 

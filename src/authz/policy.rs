@@ -235,6 +235,13 @@ impl Policy {
         self.roles.contains_key(role)
     }
 
+    /// Every role, by name.
+    pub fn roles(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.roles.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The roles of one duty.
     pub fn roles_with_duty(&self, duty: Duty) -> impl Iterator<Item = &str> {
         self.roles.iter().filter(move |(_, r)| r.duty == Some(duty)).map(|(name, _)| name.as_str())

@@ -26,9 +26,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    AlertRecord, AuditHead, AuditQuery, AuthzState, Backend, BootstrapOutcome, Checkpoint, CustomerQuery,
-    CustomerRecord, CustomerUpdate, GrantQuery, GrantRecord, IdempotencyRecord, IndexEntry, Store, StoreError,
-    Tombstone, UpdateOutcome, WrappedKey,
+    AlertRecord, AuditHead, AuditQuery, AuditTallies, AuditTally, AuthzState, Backend, BootstrapOutcome, Checkpoint,
+    CustomerQuery, CustomerRecord, CustomerUpdate, GrantQuery, GrantRecord, IdempotencyRecord, IndexEntry, Store,
+    StoreError, Tombstone, UpdateOutcome, WrappedKey,
 };
 use crate::audit::{AuditEvent, StoredEvent};
 use crate::domain::{CustomerKind, CustomerStatus, RegionId};
@@ -189,6 +189,9 @@ impl Store for Breaker {
     }
     async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<StoredEvent>, StoreError> {
         self.call(self.inner.query_audit(query)).await
+    }
+    async fn audit_tallies(&self, tally: &AuditTally) -> Result<AuditTallies, StoreError> {
+        self.call(self.inner.audit_tallies(tally)).await
     }
     async fn insert_alert(&self, alert: &AlertRecord, audit: &AuditEvent) -> Result<(), StoreError> {
         self.call(self.inner.insert_alert(alert, audit)).await

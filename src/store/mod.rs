@@ -254,6 +254,41 @@ pub struct AuditQuery {
     pub scopes: Option<Vec<RegionId>>,
 }
 
+/// The width of the overview's time buckets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bucket {
+    /// `YYYY-MM-DDTHH` (UTC).
+    Hour,
+    /// `YYYY-MM-DD` (UTC).
+    Day,
+}
+
+/// What the console's overview counts: audit events since an instant, inside subtrees (by
+/// actor or subject region, as the search filters).
+#[derive(Clone, Debug)]
+pub struct AuditTally {
+    pub since: DateTime<Utc>,
+    pub scopes: Vec<RegionId>,
+    pub bucket: Bucket,
+    /// How many principals the leak-warning list holds.
+    pub leaders: u32,
+}
+
+/// The overview's counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditTallies {
+    /// (bucket, outcome, events), by bucket.
+    pub by_bucket: Vec<(String, String, i64)>,
+    /// Events of the actions that hand plaintext or whole records out: (action, events) for
+    /// `customer.reveal` and `customer.export`.
+    pub disclosures: Vec<(String, i64)>,
+    /// The leak-warning list: (principal, distinct customers disclosed to it), most first.
+    pub leaders: Vec<(String, i64)>,
+}
+
+/// The actions the overview counts as disclosures.
+pub const DISCLOSURE_ACTIONS: [&str; 2] = ["customer.reveal", "customer.export"];
+
 /// A write's idempotency key and first outcome, committed in the same transaction as the
 /// write (it rides on the write's audit event: [`AuditEvent::idempotency`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -391,6 +426,8 @@ pub trait Store: Send + Sync + 'static {
     /// and field lists are left empty (the stored texts, which the chain covers, are kept).
     async fn audit_events_after(&self, after_seq: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError>;
     async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<StoredEvent>, StoreError>;
+    /// The overview's counts (see [`AuditTally`]).
+    async fn audit_tallies(&self, tally: &AuditTally) -> Result<AuditTallies, StoreError>;
     /// Raises an alert (and appends its event) in one transaction.
     async fn insert_alert(&self, alert: &AlertRecord, audit: &AuditEvent) -> Result<(), StoreError>;
     /// Clears an open alert; false when there was none with that id.

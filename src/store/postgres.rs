@@ -702,6 +702,70 @@ impl crate::store::Store for PgStore {
         self.audit_page(after_seq, limit).await
     }
 
+    async fn audit_tallies(
+        &self,
+        tally: &crate::store::AuditTally,
+    ) -> Result<crate::store::AuditTallies, crate::store::StoreError> {
+        use crate::store::{push_pieces, scope_condition, Bucket, DISCLOSURE_ACTIONS};
+        let mut conn = self.read.acquire().await.map_err(crate::store::StoreError::Unavailable)?;
+        let format = match tally.bucket {
+            Bucket::Hour => "YYYY-MM-DD\"T\"HH24",
+            Bucket::Day => "YYYY-MM-DD",
+        };
+        fn scoped<'a>(qb: &mut sqlx::QueryBuilder<'a, sqlx::Postgres>, scopes: &'a [crate::domain::RegionId]) {
+            qb.push(" AND (");
+            push_pieces(qb, scope_condition("actor_region", scopes));
+            qb.push(" OR ");
+            push_pieces(qb, scope_condition("subject_region", scopes));
+            qb.push(")");
+        }
+        let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new("SELECT to_char(time AT TIME ZONE 'UTC', ");
+        qb.push_bind(format);
+        qb.push(") AS b, outcome, COUNT(*) FROM audit_events WHERE time >= ");
+        qb.push_bind(tally.since);
+        scoped(&mut qb, &tally.scopes);
+        qb.push(" GROUP BY b, outcome ORDER BY b, outcome");
+        let by_bucket = qb
+            .build()
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let mut qb =
+            sqlx::QueryBuilder::<sqlx::Postgres>::new("SELECT action, COUNT(*) FROM audit_events WHERE time >= ");
+        qb.push_bind(tally.since);
+        qb.push(" AND action = ANY(");
+        qb.push_bind(DISCLOSURE_ACTIONS.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        qb.push(")");
+        scoped(&mut qb, &tally.scopes);
+        qb.push(" GROUP BY action ORDER BY action");
+        let disclosures = qb
+            .build()
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "SELECT principal, COUNT(DISTINCT l.customer_id) AS n FROM audit_events \
+             JOIN audit_event_customers l ON l.seq = audit_events.seq \
+             WHERE principal IS NOT NULL AND outcome = 'allowed' AND time >= ",
+        );
+        qb.push_bind(tally.since);
+        scoped(&mut qb, &tally.scopes);
+        qb.push(" GROUP BY principal ORDER BY n DESC, principal LIMIT ");
+        qb.push_bind(i64::from(tally.leaders));
+        let leaders = qb
+            .build()
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(crate::store::AuditTallies { by_bucket, disclosures, leaders })
+    }
+
     async fn query_audit(
         &self,
         q: &crate::store::AuditQuery,

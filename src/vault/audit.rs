@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{Caller, Vault, VaultError};
 use crate::audit::{verify, AuditEvent, StoredEvent, VerifyReport};
 use crate::authz::Action;
-use crate::store::{AlertRecord, AuditQuery};
+use crate::store::{AlertRecord, AuditQuery, AuditTallies, AuditTally, Bucket};
 
 /// Largest page of audit events.
 pub const MAX_PAGE: u32 = 1000;
@@ -59,7 +59,40 @@ pub struct ChainState {
     pub checkpoint: Option<(i64, chrono::DateTime<chrono::Utc>)>,
 }
 
+/// The security officer's overview: the chain's state and what happened in its subtree.
+#[derive(Clone, Debug)]
+pub struct Overview {
+    pub chain: ChainState,
+    /// The last 24 hours, by hour.
+    pub day: AuditTallies,
+    /// The last 30 days, by day.
+    pub month: AuditTallies,
+    /// Open alerts about principals in the subtree.
+    pub open_alerts: usize,
+}
+
+/// How many principals the leak-warning list shows.
+pub const LEADERS: u32 = 10;
+
 impl Vault {
+    /// The overview of the officer's subtree (events per hour and per day by outcome, reveals
+    /// and exports, the principals touching the most distinct customers, open alerts) and the
+    /// chain's state.
+    #[tracing::instrument(skip_all)]
+    pub async fn audit_overview(&self, caller: &Caller) -> Result<Overview, VaultError> {
+        let permit = self.admit(caller, Action::ReadAudit)?;
+        let scopes = permit.scopes();
+        let now = Utc::now();
+        let tally =
+            |since: DateTime<Utc>, bucket| AuditTally { since, scopes: scopes.clone(), bucket, leaders: LEADERS };
+        let day = self.store.audit_tallies(&tally(now - chrono::Duration::hours(24), Bucket::Hour)).await?;
+        let month = self.store.audit_tallies(&tally(now - chrono::Duration::days(30), Bucket::Day)).await?;
+        let open_alerts =
+            self.store.alerts(Some(&scopes), 200).await?.iter().filter(|a| a.cleared_at.is_none()).count();
+        let chain = self.audit_state(caller).await?;
+        Ok(Overview { chain, day, month, open_alerts })
+    }
+
     /// Events matching `query`, for security officers: only events whose actor or subject lies
     /// in the officer's subtree (all of them for an officer at `CN`).
     #[tracing::instrument(skip_all)]

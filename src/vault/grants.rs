@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::idempotency::Remembered;
 use super::{Caller, Vault, VaultError};
 use crate::auth::valid_subject;
-use crate::authz::{Action, Denied, GrantStatus};
+use crate::authz::{Action, Delegable, Denied, GrantStatus};
 use crate::domain::GrantDraft;
 use crate::store::{BootstrapOutcome, GrantQuery, GrantRecord};
 
@@ -147,6 +147,103 @@ impl Vault {
         tracing::info!(grant_id = %id, "grant revoked");
         let record = self.store.grant(id).await?.ok_or(VaultError::NotFound)?;
         Ok(self.view(record))
+    }
+
+    /// Most grants a region tree shows.
+    pub const TREE_LIMIT: usize = 1_000;
+
+    /// The region nodes the caller's grant listing covers (its subtrees' roots) and the grants
+    /// inside them (at most [`Vault::TREE_LIMIT`], oldest first), for the region tree.
+    #[tracing::instrument(skip_all)]
+    pub async fn grant_tree(
+        &self,
+        caller: &Caller,
+    ) -> Result<(Vec<crate::domain::RegionId>, Vec<GrantView>), VaultError> {
+        let permit = self.admit(caller, Action::GrantList)?;
+        let scopes = permit.scopes();
+        let mut out = Vec::new();
+        let mut after = None;
+        while out.len() < Self::TREE_LIMIT {
+            let query = GrantQuery { scopes: scopes.clone(), principal: None, after, limit: MAX_PAGE };
+            let page = self.store.grants_page(&query).await?;
+            let full = page.len() == MAX_PAGE as usize;
+            after = page.last().map(|g| g.id);
+            out.extend(page.into_iter().map(|r| self.view(r)));
+            if !full {
+                break;
+            }
+        }
+        out.truncate(Self::TREE_LIMIT);
+        Ok((scopes, out))
+    }
+
+    /// What the caller could grant now, for a grant form (roles it may hand out, where, until
+    /// when). Admitted as reading grants: drawing the form grants nothing, and the grant itself
+    /// is decided again, by [`Vault::create_grant`].
+    #[tracing::instrument(skip_all)]
+    pub async fn delegation_options(&self, caller: &Caller) -> Result<Vec<Delegable>, VaultError> {
+        self.admit(caller, Action::GrantList)?;
+        Ok(self.gate.delegable(&caller.principal))
+    }
+
+    /// A grant in the caller's scope and what revoking it would suspend: the grants delegated
+    /// under it that are in force now. Out of scope (or unknown) is 404.
+    #[tracing::instrument(skip_all)]
+    pub async fn revocation_preview(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<(GrantView, Vec<GrantView>), VaultError> {
+        let permit = self.admit(caller, Action::GrantList)?;
+        let record = self.store.grant(id).await?.ok_or(VaultError::NotFound)?;
+        let region = self.regions.parse(&record.region).ok_or(VaultError::NotFound)?;
+        if !permit.scopes().iter().any(|s| s.contains(&region)) {
+            return Err(VaultError::NotFound);
+        }
+        let now = Utc::now();
+        let snapshot = self.authorizer().grants().snapshot();
+        let suspended = snapshot
+            .delegated_under(id)
+            .into_iter()
+            .filter(|g| snapshot.status(&g.record, now) == GrantStatus::Active)
+            .map(|g| self.view(g.record.clone()))
+            .collect();
+        Ok((self.view(record), suspended))
+    }
+
+    /// A principal's grants in the caller's scope, each with the grants above it in its
+    /// delegation chain that also lie in the caller's scope (nearest first; the rest of the
+    /// chain, above the caller's own grants, is not shown).
+    #[tracing::instrument(skip_all)]
+    pub async fn principal_grants(
+        &self,
+        caller: &Caller,
+        sub: &str,
+    ) -> Result<Vec<(GrantView, Vec<GrantView>)>, VaultError> {
+        let permit = self.admit(caller, Action::GrantList)?;
+        if !valid_subject(sub) {
+            return Err(VaultError::NotFound);
+        }
+        let scopes = permit.scopes();
+        let query =
+            GrantQuery { scopes: scopes.clone(), principal: Some(sub.to_owned()), after: None, limit: MAX_PAGE };
+        let records = self.store.grants_page(&query).await?;
+        let snapshot = self.authorizer().grants().snapshot();
+        let in_scope = |region: &Option<crate::domain::RegionId>| {
+            region.as_ref().is_some_and(|r| scopes.iter().any(|s| s.contains(r)))
+        };
+        Ok(records
+            .into_iter()
+            .map(|record| {
+                let chain = snapshot
+                    .chain_above(record.id)
+                    .into_iter()
+                    .take_while(|g| in_scope(&g.region))
+                    .map(|g| self.view(g.record.clone()))
+                    .collect();
+                (self.view(record), chain)
+            })
+            .collect())
     }
 
     /// Makes every token of `sub` issued until now fail. The caller's management scope must

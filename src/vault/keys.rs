@@ -100,7 +100,11 @@ pub struct KeyStatus {
 const REWRAP_BATCH: u32 = 500;
 
 impl Vault {
-    /// Key management happens at the group level only.
+    /// Key management happens at the group level only: whether the caller is a key manager.
+    pub fn may_manage_keys(&self, caller: &Caller) -> Result<(), VaultError> {
+        self.check_key_manager(caller)
+    }
+
     fn check_key_manager(&self, caller: &Caller) -> Result<(), VaultError> {
         let permit = self.admit(caller, Action::ManageKeys)?;
         let grant = self.gate.region(&permit, &RegionId::group())?;

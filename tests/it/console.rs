@@ -248,25 +248,42 @@ async fn pages_speak_simplified_chinese_or_english() {
     assert!(r.text().await.unwrap().contains(r#"<html lang="zh-CN">"#));
 }
 
-/// The console's declared routes × every role, generated from the router's own table: only a
-/// security officer is let through (audit pages), everyone else is refused by the gate, and
-/// nobody gets anything without a session. A console route added without a row here fails.
+/// The console's declared routes × every role (granted at a province), generated from the
+/// router's own table: each role is let through exactly where its policy lets it through on
+/// `/v1`, refused by the gate (403) elsewhere, and nobody gets anything without a session. A
+/// console route added without a row here fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_route_matrix() {
-    let h = Harness::start(Db::sqlite()).await;
+    let (_keys, keys_file) = temp_keys();
+    let h = Harness::start_with(Db::sqlite(), |c| c.keys_file = keys_file).await;
     let routes = custodia::api::console::routes();
-    assert!(routes.len() >= 4, "{routes:?}");
+    assert!(routes.len() >= 15, "{routes:?}");
     for role in ROLES {
         h.grant(&format!("c.{role}"), role, "32").await;
     }
     for route in &routes {
         let action = route.action.as_str();
-        let officer_only = match action {
-            "audit.read" | "audit.verify" | "audit.alerts" => true,
+        let permitted: &[&str] = match action {
+            "audit.read" | "audit.verify" | "audit.alerts" => &["security_officer"],
+            "grant.list" | "grant.create" | "grant.revoke" => &["admin", "local_admin", "security_officer"],
+            "principal.revoke_tokens" => &["admin"],
+            // Keys are managed at the group level only: an administrator at a province is refused.
+            "keys.manage" => &[],
             other => panic!("console route {} {} ({other}) has no row in the console matrix", route.method, route.path),
         };
-        let path =
-            format!("/console{}", route.path.trim_end_matches('/')).replace("{id}", &uuid::Uuid::now_v7().to_string());
+        // What a permitted role gets: the page, or for these the answer to the matrix's
+        // placeholder (a grant or alert that does not exist: 404; a grant form without values:
+        // 422; ending the tokens of a principal without grants: done, back to its page).
+        let ok = match (route.method.as_str(), route.path) {
+            ("POST", "/alerts/{id}/clear") | (_, "/grants/{id}/revoke") | (_, "/audit/events/{seq}") => 404,
+            ("POST", "/grants") => 422,
+            ("POST", "/principals/{sub}/revoke-tokens") => 303,
+            _ => 200,
+        };
+        let path = format!("/console{}", route.path.trim_end_matches('/'))
+            .replace("{id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{sub}", "nobody-here")
+            .replace("{seq}", "999999999");
         // Without a session: sent to sign-in.
         let r = client().request(route.method.clone(), h.url(&path)).send().await.unwrap();
         assert_eq!(r.status(), 303, "{} {path} without a session", route.method);
@@ -282,9 +299,7 @@ async fn console_route_matrix() {
                 request
             };
             let status = request.send().await.unwrap().status().as_u16();
-            // An officer clearing an alert that does not exist is told it is missing.
-            let ok = if route.path.contains("{id}") { 404 } else { 200 };
-            let expected = if officer_only && role != "security_officer" { 403 } else { ok };
+            let expected = if permitted.contains(&role) { ok } else { 403 };
             assert_eq!(status, expected, "{} {path} as {role}", route.method);
         }
     }
@@ -343,4 +358,283 @@ async fn an_officer_clears_an_alert_with_a_ticket() {
     assert_eq!(n, 1, "the ticket is not in the audit");
     let r = h.get(&format!("/v1/customers/{}", ids[0]), "burst-agent").send().await.unwrap();
     assert_eq!(r.status(), 200, "the principal is still blocked after the clear");
+}
+
+/// The first day after tomorrow's start that a one-day grant still covers: tomorrow (UTC).
+fn tomorrow() -> String {
+    (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%d").to_string()
+}
+
+/// A province administrator grants an agent in a city through the form, which offers only its
+/// own subtree and roles; the HQ administrator then sees what revoking the province
+/// administrator's grant would suspend (both agents it delegated), revokes it, and the agents
+/// are refused from then on.
+#[tokio::test]
+async fn an_admin_grants_in_a_city_sees_the_cascade_and_revokes() {
+    let h = Harness::start(Db::sqlite()).await;
+    let province = h.grant("js-admin", "admin", "32").await;
+    h.grant_by("js-admin", "nj-agent", "agent", "3201", chrono::Utc::now() + chrono::Duration::hours(12)).await;
+    let nj_customer = h.create(individual("3201")).await;
+
+    let cookie = sign_in(&h, "js-admin").await;
+    let (status, _, html) = page(&h, "/console/grants/new", &cookie).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains(r#"<option value="agent">"#) && html.contains(r#"<option value="3202">"#), "{html}");
+    for outside in [r#"<option value="CN">"#, r#"<option value="44">"#, r#"<option value="4401">"#] {
+        assert!(!html.contains(outside), "the form offers {outside} outside the subtree");
+    }
+    let csrf = csrf_of(&html);
+    let grant = |principal: &'static str, region: &'static str, expires: String| {
+        let form = [
+            ("csrf", csrf.clone()),
+            ("principal", principal.into()),
+            ("role", "agent".into()),
+            ("region", region.into()),
+            ("expires", expires),
+        ];
+        client().post(h.url("/console/grants")).header(COOKIE, cookie.clone()).form(&form).send()
+    };
+    let r = grant("wx-agent", "3202", tomorrow()).await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()[LOCATION].to_str().unwrap()), (303, "/console/grants"));
+    // Outside its subtree, or past its own expiry: refused in words, with the API's code.
+    let r = grant("gd-agent", "4401", tomorrow()).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("<code>"), "the refusal names its problem code");
+    let far = (chrono::Utc::now() + chrono::Duration::days(30)).format("%Y-%m-%d").to_string();
+    let r = grant("late-agent", "3202", far).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let (_, _, tree) = page(&h, "/console/grants", &cookie).await;
+    assert!(tree.contains("wx-agent") && tree.contains("nj-agent") && tree.contains(r#"id="region-3202""#), "{tree}");
+    assert!(!tree.contains("late-agent") && !tree.contains("gd-agent"));
+
+    // The HQ administrator previews the revocation of the province's grant: both agents.
+    let root = sign_in(&h, ROOT_ADMIN).await;
+    let (status, _, preview) = page(&h, &format!("/console/grants/{province}/revoke"), &root).await;
+    assert_eq!(status, 200, "{preview}");
+    assert!(
+        preview.contains(r#"id="cascade""#) && preview.contains("nj-agent") && preview.contains("wx-agent"),
+        "{preview}"
+    );
+    assert!(h.get(&format!("/v1/customers/{nj_customer}"), "nj-agent").send().await.unwrap().status() == 200);
+    let r = client()
+        .post(h.url(&format!("/console/grants/{province}/revoke")))
+        .header(COOKIE, &root)
+        .form(&[("csrf", csrf_of(&preview))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let r = h.get(&format!("/v1/customers/{nj_customer}"), "nj-agent").send().await.unwrap();
+    assert_eq!(r.status(), 403, "a grant delegated under a revoked one is suspended");
+    let n = h.scalar("SELECT COUNT(*) FROM audit_events WHERE action = 'grant.revoke' AND principal = 'root-admin' AND status = 200").await;
+    assert_eq!(n, 1, "the revocation is audited as on /v1");
+}
+
+/// A local administrator is offered no `admin` role, and a forged form asking for one is
+/// refused by the gate.
+#[tokio::test]
+async fn a_local_admin_sees_no_way_to_grant_admin() {
+    let h = Harness::start(Db::sqlite()).await;
+    h.grant("js-local", "local_admin", "32").await;
+    let cookie = sign_in(&h, "js-local").await;
+    let (status, _, html) = page(&h, "/console/grants/new", &cookie).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(!html.contains(r#"<option value="admin">"#) && !html.contains(r#"<option value="local_admin">"#), "{html}");
+    let form = [
+        ("csrf", csrf_of(&html)),
+        ("principal", "x-admin".into()),
+        ("role", "admin".into()),
+        ("region", "3201".into()),
+        ("expires", tomorrow()),
+    ];
+    let r = client().post(h.url("/console/grants")).header(COOKIE, &cookie).form(&form).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(h.scalar("SELECT COUNT(*) FROM grants WHERE principal = 'x-admin'").await, 0);
+}
+
+/// A principal's page shows its grants with the chain they were delegated along (only as far
+/// up as the viewer's own scope), and ends its tokens.
+#[tokio::test]
+async fn the_principal_page_shows_the_chain_and_revokes_tokens() {
+    let h = Harness::start(Db::sqlite()).await;
+    h.grant("js-admin", "admin", "32").await;
+    h.grant_by("js-admin", "nj-agent", "agent", "3201", chrono::Utc::now() + chrono::Duration::hours(12)).await;
+    let id = h.create(individual("3201")).await;
+    let token = mint("nj-agent");
+
+    let root = sign_in(&h, ROOT_ADMIN).await;
+    let (status, _, html) = page(&h, "/console/principals/nj-agent", &root).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("js-admin") && html.contains("中国 (HQ)"), "the whole chain up to HQ: {html}");
+    let province = sign_in(&h, "js-admin").await;
+    let (_, _, html) = page(&h, "/console/principals/nj-agent", &province).await;
+    assert!(
+        html.contains("3201") && !html.contains("中国 (HQ)"),
+        "the chain above the viewer's scope is not shown: {html}"
+    );
+
+    let r = client()
+        .post(h.url("/console/principals/nj-agent/revoke-tokens"))
+        .header(COOKIE, &root)
+        .form(&[("csrf", csrf_of(&page(&h, "/console/principals/nj-agent", &root).await.2))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let r = h
+        .client
+        .get(h.url(&format!("/v1/customers/{id}")))
+        .bearer_auth(&token)
+        .header("X-Purpose", PURPOSE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the agent's token issued before is refused");
+}
+
+/// The HQ administrator's keys page: versions and rewrap progress; rotation only after the
+/// confirmation is ticked.
+#[tokio::test]
+async fn an_hq_admin_rotates_the_keys_after_confirming() {
+    let (_keys, keys_file) = temp_keys();
+    let h = Harness::start_with(Db::sqlite(), |c| c.keys_file = keys_file).await;
+    h.create(individual("3201")).await;
+    let cookie = sign_in(&h, ROOT_ADMIN).await;
+    let (status, _, html) = page(&h, "/console/keys", &cookie).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains(r#"<strong id="active-version">1</strong>"#), "{html}");
+    let csrf = csrf_of(&html);
+    let rotate = |form: Vec<(&'static str, String)>| {
+        client().post(h.url("/console/keys/rotate")).header(COOKIE, cookie.clone()).form(&form).send()
+    };
+    let r = rotate(vec![("csrf", csrf.clone())]).await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("<code>confirmation_required</code>"));
+    assert!(
+        page(&h, "/console/keys", &cookie).await.2.contains(r#"<strong id="active-version">1</strong>"#),
+        "not rotated"
+    );
+    let r = rotate(vec![("csrf", csrf), ("confirm", "rotate".into())]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains(r#"<strong id="active-version">2</strong>"#));
+    // A province administrator has no keys page.
+    h.grant("js-admin", "admin", "32").await;
+    let province = sign_in(&h, "js-admin").await;
+    assert_eq!(page(&h, "/console/keys", &province).await.0, 403);
+}
+
+/// An officer opens an event in full, exports the search as NDJSON and CSV (a principal named
+/// like a spreadsheet formula stays text), and reads a customer's access report; a province
+/// officer cannot open another province's event. No PII in any of it.
+#[tokio::test]
+async fn an_officer_opens_events_exports_them_and_reports_a_customers_access() {
+    let h = Harness::start(Db::sqlite()).await;
+    h.grant("+cmd|calc", "agent", "32").await;
+    let id = h.create(individual("3201")).await;
+    let r = h
+        .get(&format!("/v1/customers/{id}"), "+cmd|calc")
+        .header("x-request-id", "evidence-read")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    h.grant("so-evidence", "security_officer", "CN").await;
+    let cookie = sign_in(&h, "so-evidence").await;
+
+    let (status, _, html) = page(&h, &format!("/console/audit?customer={id}&action=customer.read"), &cookie).await;
+    assert_eq!(status, 200, "{html}");
+    let at = html.find("/console/audit/events/").expect("a link to the event");
+    let link = html[at..].split('"').next().unwrap().to_owned();
+    let (status, _, detail) = page(&h, &link, &cookie).await;
+    assert_eq!(status, 200, "{detail}");
+    for part in ["evidence-read", "customer_service", "mobile: masked", &id.to_string()] {
+        assert!(detail.contains(part), "the event's detail lacks {part}: {detail}");
+    }
+
+    let r = client()
+        .get(h.url(&format!("/console/audit/export.ndjson?customer={id}")))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let body = r.text().await.unwrap();
+    let lines: Vec<serde_json::Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() >= 2, "the create and the read: {body}");
+    assert!(lines.iter().all(|l| l["customer_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c == &serde_json::json!(id.to_string()))));
+    let r = client()
+        .get(h.url(&format!("/console/audit/export.csv?customer={id}")))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let csv = r.text().await.unwrap();
+    assert!(csv.contains("'+cmd|calc"), "the formula-like principal is neutralised: {csv}");
+    assert!(!csv.contains(",+cmd|calc"), "{csv}");
+    for pii in ["13812345678", "欧阳", "11010519491231002X"] {
+        assert!(!body.contains(pii) && !csv.contains(pii) && !detail.contains(pii), "PII in an export: {pii}");
+    }
+    let n = h.scalar("SELECT COUNT(*) FROM audit_events WHERE action = 'audit.read' AND principal = 'so-evidence' AND status = 200").await;
+    assert!(n >= 4, "every page and export is audited: {n}");
+
+    let (status, _, report) = page(&h, &format!("/console/customers/access?customer={id}"), &cookie).await;
+    assert_eq!(status, 200, "{report}");
+    assert!(
+        report.contains("+cmd|calc") && report.contains("customer_service") && report.contains("mobile (masked)"),
+        "{report}"
+    );
+
+    h.grant("so-gd", "security_officer", "44").await;
+    let gd = sign_in(&h, "so-gd").await;
+    assert_eq!(page(&h, &link, &gd).await.0, 404, "another province's event is missing, as an unknown one");
+    let (_, _, report) = page(&h, &format!("/console/customers/access?customer={id}"), &gd).await;
+    assert!(!report.contains("+cmd|calc"), "another province's access is not reported");
+}
+
+// The officer's overview counts the subtree's events by outcome (charts), its reveals and
+// exports, its open alerts, and names the principals touching the most customers.
+on_both! {
+    async fn the_overview_counts_outcomes_reveals_and_lists_the_busiest_principals(h) {
+        h.grant("ro-overview", "risk_officer", "32").await;
+        h.grant("ag-overview", "agent", "32").await;
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(h.create(individual("3201")).await);
+        }
+        for id in &ids {
+            assert_eq!(h.get(&format!("/v1/customers/{id}"), "ag-overview").send().await.unwrap().status(), 200);
+        }
+        let r = h
+            .client
+            .post(h.url(&format!("/v1/customers/{}/reveal", ids[0])))
+            .bearer_auth(mint("ro-overview"))
+            .header("X-Purpose", "fraud_investigation")
+            .json(&serde_json::json!({"fields": ["mobile"], "justification": "CASE-9"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // A denial: an agent of another province reading a Jiangsu customer.
+        h.grant("gd-overview", "agent", "44").await;
+        assert_eq!(h.get(&format!("/v1/customers/{}", ids[0]), "gd-overview").send().await.unwrap().status(), 404);
+        h.grant("so-overview", "security_officer", "CN").await;
+        let cookie = sign_in(&h, "so-overview").await;
+        let (status, _, html) = page(&h, "/console", &cookie).await;
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains(r#"<figure id="chart-day"><svg"#) && html.contains("<rect"), "no chart: {html}");
+        let reveals = html.split(r#"id="reveals"><span class="n">"#).nth(1).unwrap().split('<').next().unwrap();
+        assert_eq!(reveals, "1", "{html}");
+        let leaders = html.split(r#"id="leaders""#).nth(1).expect("a leak-warning list");
+        let first = leaders.split("principal=").nth(1).unwrap().split('"').next().unwrap();
+        // The agent read three customers, alice created them (three), the risk officer one.
+        assert!(first == "ag-overview" || first == "alice", "the busiest principal first: {leaders}");
+        assert!(leaders.contains("ro-overview"));
+        assert!(!html.contains("13812345678"), "PII on the overview");
+    }
 }

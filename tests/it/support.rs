@@ -48,6 +48,13 @@ pub fn test_config(database_url: String) -> Config {
     c
 }
 
+/// A loopback address with a free port, for a server whose URL must be known before it starts
+/// (the port is free when this returns; nothing else on the machine races for it in practice).
+pub fn free_loopback_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
 /// A private copy of the example key file (for tests that rotate or retire keys).
 pub fn temp_keys() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -138,19 +145,25 @@ impl Harness {
     }
 
     pub async fn start_with(db: Db, adjust: impl FnOnce(&mut Config)) -> Harness {
+        let h = Self::start_plain(db, adjust).await;
+        h.grant(ALICE, "account_manager", "CN").await;
+        h
+    }
+
+    /// A vault with only the bootstrap administrator and officer (made directly, not through
+    /// a token: for configurations where the example tokens are not accepted).
+    pub async fn start_plain(db: Db, adjust: impl FnOnce(&mut Config)) -> Harness {
         let mut config = test_config(db.url());
         adjust(&mut config);
         let server = custodia::app::start(&config).await.expect("vault starts");
         server.state.vault.bootstrap_admin(ROOT_ADMIN).await.unwrap();
         server.state.vault.bootstrap(ROOT_OFFICER, "security_officer").await.unwrap();
-        let h = Harness {
+        Harness {
             base: format!("http://{}", server.addr),
             client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
             db,
             server,
-        };
-        h.grant(ALICE, "account_manager", "CN").await;
-        h
+        }
     }
 
     /// The in-process vault behind the server.

@@ -13,6 +13,9 @@
 //! Owns: the console's HTTP. Must never: show customer PII, decide access itself, or accept a
 //! session on `/v1` (the session reaches the `Principal` extractor only through this router).
 
+mod admin;
+mod charts;
+mod evidence;
 pub mod i18n;
 
 use askama::Template;
@@ -33,6 +36,10 @@ use i18n::{Labels, Lang};
 
 /// The session cookie.
 pub const SESSION_COOKIE: &str = "custodia_session";
+/// The cookie binding a sign-in at the identity provider to the browser that started it
+/// (its `state`). `SameSite=Lax`: the provider's redirect back is a cross-site navigation.
+pub const FLOW_COOKIE: &str = "custodia_sign_in";
+
 /// The language preference cookie.
 pub const LANG_COOKIE: &str = "custodia_lang";
 
@@ -66,10 +73,28 @@ fn declared() -> Vec<(super::RouteDecl, Handler)> {
     vec![
         d(Method::GET, "/", Action::ReadAudit, on(MethodFilter::GET, overview)),
         d(Method::GET, "/audit", Action::ReadAudit, on(MethodFilter::GET, audit_search)),
+        d(Method::GET, "/audit/events/{seq}", Action::ReadAudit, on(MethodFilter::GET, evidence::event_detail)),
+        d(Method::GET, "/audit/export.ndjson", Action::ReadAudit, on(MethodFilter::GET, evidence::export_ndjson)),
+        d(Method::GET, "/audit/export.csv", Action::ReadAudit, on(MethodFilter::GET, evidence::export_csv)),
+        d(Method::GET, "/customers/access", Action::ReadAudit, on(MethodFilter::GET, evidence::customer_access)),
         d(Method::GET, "/verify", Action::VerifyAudit, on(MethodFilter::GET, verify_page)),
         d(Method::POST, "/verify", Action::VerifyAudit, on(MethodFilter::POST, verify_run)),
         d(Method::GET, "/alerts", Action::AuditAlerts, on(MethodFilter::GET, alerts_page)),
         d(Method::POST, "/alerts/{id}/clear", Action::AuditAlerts, on(MethodFilter::POST, clear_alert)),
+        d(Method::GET, "/grants", Action::GrantList, on(MethodFilter::GET, admin::grants_page)),
+        d(Method::GET, "/grants/new", Action::GrantList, on(MethodFilter::GET, admin::grant_new)),
+        d(Method::POST, "/grants", Action::CreateGrant, on(MethodFilter::POST, admin::grant_create)),
+        d(Method::GET, "/grants/{id}/revoke", Action::GrantList, on(MethodFilter::GET, admin::revoke_preview)),
+        d(Method::POST, "/grants/{id}/revoke", Action::RevokeGrant, on(MethodFilter::POST, admin::revoke)),
+        d(Method::GET, "/principals/{sub}", Action::GrantList, on(MethodFilter::GET, admin::principal_page)),
+        d(
+            Method::POST,
+            "/principals/{sub}/revoke-tokens",
+            Action::RevokeTokens,
+            on(MethodFilter::POST, admin::revoke_tokens),
+        ),
+        d(Method::GET, "/keys", Action::ManageKeys, on(MethodFilter::GET, admin::keys_page)),
+        d(Method::POST, "/keys/rotate", Action::ManageKeys, on(MethodFilter::POST, admin::rotate_keys)),
     ]
 }
 
@@ -83,11 +108,14 @@ pub fn router(state: AppState) -> Router<AppState> {
     // form, the language switch and the stylesheet disclose nothing and are not.
     let audited = pages
         .route("/sign-in/development", post(development_sign_in))
+        .route("/sign-in/callback", get(provider_callback))
         .route("/sign-out", post(sign_out))
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record));
     Router::new()
         .merge(audited)
         .route("/sign-in", get(sign_in_page))
+        .route("/sign-in/oidc", get(provider_sign_in))
+        .route("/home", get(home))
         .route("/lang/{tag}", get(switch_language))
         .route("/static/console.css", get(stylesheet))
         .fallback(|| async { StatusCode::NOT_FOUND })
@@ -251,12 +279,144 @@ struct SignInPage {
     who: Option<String>,
     csrf: String,
     development: bool,
+    provider: bool,
 }
 
 async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Some(f) = frame(&headers, None) else { return broken() };
-    let development = state.development_sign_in;
-    render(&SignInPage { l: f.l, lang: f.lang, who: None, csrf: String::new(), development }, StatusCode::OK)
+    let (development, provider) = (state.development_sign_in, state.oidc.is_some());
+    render(&SignInPage { l: f.l, lang: f.lang, who: None, csrf: String::new(), development, provider }, StatusCode::OK)
+}
+
+fn flow_cookie(value: &str, secure: bool, max_age: u64) -> Option<HeaderValue> {
+    let mut c = format!("{FLOW_COOKIE}={value}; Path=/console/sign-in; HttpOnly; SameSite=Lax; Max-Age={max_age}");
+    if secure {
+        c.push_str("; Secure");
+    }
+    HeaderValue::from_str(&c).ok()
+}
+
+/// A sign-in failure as a page: the problem code, in words, with its status.
+fn sign_in_failed(f: Frame, e: &crate::auth::oidc::OidcError) -> Response {
+    use crate::auth::oidc::OidcError;
+    let (status, title) = match e {
+        OidcError::UnknownSignIn => (StatusCode::BAD_REQUEST, "Sign-in not recognised"),
+        OidcError::Refused | OidcError::Token(_) => (StatusCode::UNAUTHORIZED, "Sign-in refused"),
+        OidcError::Unavailable(_) => (StatusCode::BAD_GATEWAY, "Identity provider unavailable"),
+        OidcError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "Sign-in busy"),
+    };
+    let detail = match e {
+        OidcError::UnknownSignIn => {
+            "this sign-in was not started in this browser, has expired or was already used; start again"
+        }
+        OidcError::Refused => "the identity provider refused the sign-in; start again",
+        OidcError::Token(_) => {
+            "the identity provider's token does not meet the vault's rules (issuer, audience, signature, expiry)"
+        }
+        OidcError::Unavailable(_) => "the identity provider cannot be reached; try again later",
+        OidcError::Busy => "too many sign-ins are in progress; try again shortly",
+    };
+    error_page(f, ApiError::new(status, e.code(), title).detail(detail))
+}
+
+/// Starts a sign-in at the identity provider: a fresh state in the flow cookie, then the
+/// provider's authorization URL. Not audited: it discloses nothing and names no principal
+/// (the callback is).
+async fn provider_sign_in(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(f) = frame(&headers, None) else { return broken() };
+    let Some(oidc) = state.oidc.clone() else { return StatusCode::NOT_FOUND.into_response() };
+    match oidc.begin().await {
+        Ok(started) => {
+            let secure = over_https(&state, peer.map(|p| p.0 .0.ip()), &headers);
+            let mut r = Redirect::to(&started.authorization_url).into_response();
+            let lifetime = crate::auth::oidc::FLOW_LIFETIME.as_secs();
+            if let Some(c) = flow_cookie(&started.state, secure, lifetime) {
+                r.headers_mut().insert(header::SET_COOKIE, c);
+            }
+            r
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "console: cannot start a sign-in at the identity provider");
+            sign_in_failed(f, &e)
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ProviderCallback {
+    code: String,
+    state: String,
+    error: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/signed_in.html")]
+struct SignedInPage {
+    l: &'static Labels,
+    lang: &'static str,
+    who: Option<String>,
+    csrf: String,
+}
+
+/// The identity provider's redirect back (audited as `console.sign_in`): the sign-in is
+/// completed (see [`crate::auth::oidc`]) and the vault's own rules applied to the principal
+/// (revoked tokens), then a session starts. The answer is a page that moves on to the console
+/// itself, so that the first console request is a same-site one and carries the
+/// `SameSite=Strict` session cookie.
+async fn provider_callback(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    handle: Option<axum::Extension<crate::audit::AuditHandle>>,
+    query: Result<axum::extract::Query<ProviderCallback>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    use crate::auth::oidc::OidcError;
+    if let Some(h) = &handle {
+        h.set_action("console.sign_in");
+    }
+    let Some(f) = frame(&headers, None) else { return broken() };
+    let Some(oidc) = state.oidc.clone() else { return StatusCode::NOT_FOUND.into_response() };
+    let secure = over_https(&state, peer.map(|p| p.0 .0.ip()), &headers);
+    let q = query.map(|q| q.0).unwrap_or_default();
+    let cookie_state = cookie(&headers, FLOW_COOKIE);
+    let result = if !q.error.is_empty() {
+        tracing::info!("console: the identity provider answered the sign-in with an error");
+        Err(OidcError::Refused)
+    } else {
+        oidc.finish(&state.authenticator, &q.state, cookie_state.as_deref(), &q.code).await
+    };
+    let mut response = match result {
+        Ok(principal) => {
+            if let Some(h) = &handle {
+                h.set_principal(&principal.sub);
+            }
+            if state.vault.authorizer().token_revoked(&principal) {
+                tracing::info!("console sign-in refused: the principal's tokens were revoked");
+                return error_page(f, crate::auth::AuthError::Revoked.into());
+            }
+            let Some(id) = state.sessions.create(&principal.sub) else {
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            };
+            tracing::info!(principal = %principal.sub, "console: signed in through the identity provider");
+            let mut r = render(&SignedInPage { l: f.l, lang: f.lang, who: None, csrf: String::new() }, StatusCode::OK);
+            r.headers_mut().append(header::SET_COOKIE, session_cookie(&id, secure, None));
+            r
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "console: sign-in through the identity provider failed");
+            sign_in_failed(f, &e)
+        }
+    };
+    // The flow is over either way: its cookie goes.
+    if let Some(c) = flow_cookie("", secure, 0) {
+        response.headers_mut().append(header::SET_COOKIE, c);
+    }
+    response
 }
 
 #[derive(Deserialize)]
@@ -293,7 +453,7 @@ async fn development_sign_in(
     };
     tracing::warn!(principal = %form.sub, "console: development sign-in (public example keys in use)");
     let secure = over_https(&state, peer.map(|p| p.0 .0.ip()), &headers);
-    let mut r = Redirect::to("/console").into_response();
+    let mut r = Redirect::to("/console/home").into_response();
     r.headers_mut().insert(header::SET_COOKIE, session_cookie(&id, secure, None));
     r
 }
@@ -331,6 +491,15 @@ async fn sign_out(
     r
 }
 
+/// Where a signed-in person starts: the overview for a security officer, the region tree for
+/// an administrator (asked of the gate; the redirect discloses nothing).
+async fn home(State(state): State<AppState>, s: Option<axum::Extension<SessionPrincipal>>) -> Response {
+    let Some(session) = signed_in(s) else { return to_sign_in() };
+    let may = |a| state.vault.gate().admit(&session.principal, a, a, None).is_ok();
+    let to = if !may(Action::ReadAudit) && may(Action::GrantList) { "/console/grants" } else { "/console" };
+    Redirect::to(to).into_response()
+}
+
 async fn switch_language(Path(tag): Path<String>) -> Response {
     let Some(lang) = Lang::parse(&tag) else { return StatusCode::NOT_FOUND.into_response() };
     let mut r = Redirect::to("/console").into_response();
@@ -353,26 +522,66 @@ struct OverviewPage {
     who: Option<String>,
     csrf: String,
     head_seq: i64,
-    checkpoint: Option<(i64, String)>,
+    /// The newest checkpoint: sequence number, time, age.
+    checkpoint: Option<(i64, String, String)>,
     unsigned: i64,
+    open_alerts: usize,
+    reveals_day: i64,
+    reveals_month: i64,
+    exports_day: i64,
+    exports_month: i64,
+    chart_day: String,
+    chart_month: String,
+    leaders: Vec<(String, i64)>,
+}
+
+/// An age in words a person reads at a glance: `45 s`, `12 min`, `3 h`, `2 d`.
+fn age(since: chrono::DateTime<chrono::Utc>) -> String {
+    let s = (chrono::Utc::now() - since).num_seconds().max(0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
 }
 
 async fn overview(State(state): State<AppState>, Page { f, caller, .. }: Page) -> Response {
-    match state.vault.audit_state(&caller).await {
-        Ok(chain) => render(
-            &OverviewPage {
-                l: f.l,
-                lang: f.lang,
-                who: f.who,
-                csrf: f.csrf,
-                head_seq: chain.head_seq,
-                unsigned: chain.head_seq - chain.checkpoint.as_ref().map_or(0, |c| c.0),
-                checkpoint: chain.checkpoint.map(|(seq, at)| (seq, at.to_rfc3339())),
-            },
-            StatusCode::OK,
-        ),
-        Err(e) => error_page(f, e.into()),
-    }
+    use crate::store::Bucket;
+    let o = match state.vault.audit_overview(&caller).await {
+        Ok(o) => o,
+        Err(e) => return error_page(f, e.into()),
+    };
+    let now = chrono::Utc::now();
+    let count = |t: &crate::store::AuditTallies, action: &str| {
+        t.disclosures.iter().filter(|(a, _)| a == action).map(|(_, n)| n).sum::<i64>()
+    };
+    let chart = |t, bucket, n| {
+        charts::stacked_bars(&charts::Series::from_tallies(t, bucket, n, now), 900, 220).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "console chart not drawn");
+            String::new()
+        })
+    };
+    render(
+        &OverviewPage {
+            l: f.l,
+            lang: f.lang,
+            who: f.who,
+            csrf: f.csrf,
+            head_seq: o.chain.head_seq,
+            unsigned: o.chain.head_seq - o.chain.checkpoint.as_ref().map_or(0, |c| c.0),
+            checkpoint: o.chain.checkpoint.map(|(seq, at)| (seq, at.to_rfc3339(), age(at))),
+            open_alerts: o.open_alerts,
+            reveals_day: count(&o.day, "customer.reveal"),
+            reveals_month: count(&o.month, "customer.reveal"),
+            exports_day: count(&o.day, "customer.export"),
+            exports_month: count(&o.month, "customer.export"),
+            chart_day: chart(&o.day, Bucket::Hour, 24),
+            chart_month: chart(&o.month, Bucket::Day, 30),
+            leaders: o.day.leaders,
+        },
+        StatusCode::OK,
+    )
 }
 
 /// One row of the audit table: no customer data (ids stay in the event's detail).
@@ -399,6 +608,52 @@ struct AuditFilter {
     after: Option<i64>,
 }
 
+impl AuditFilter {
+    /// The audit search this filter asks for (the vault adds the officer's subtree).
+    fn to_query(&self, after_seq: i64, limit: u32) -> Result<crate::store::AuditQuery, ApiError> {
+        let time = |s: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+            opt(s)
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(&t).map(|t| t.with_timezone(&chrono::Utc)).map_err(|_| {
+                        ApiError::bad_request("bad_query", "times are RFC 3339, e.g. 2026-12-01T00:00:00Z")
+                    })
+                })
+                .transpose()
+        };
+        Ok(crate::store::AuditQuery {
+            principal: opt(&self.principal),
+            customer: opt(&self.customer)
+                .map(|c| c.parse().map_err(|_| ApiError::bad_request("bad_query", "a customer id is a UUID")))
+                .transpose()?,
+            action: opt(&self.action),
+            outcome: opt(&self.outcome),
+            from: time(&self.from)?,
+            to: time(&self.to)?,
+            after_seq,
+            limit,
+            scopes: None,
+        })
+    }
+
+    /// The filter as a query string (without a cursor), for links that keep it.
+    fn query_string(&self) -> String {
+        let mut q: Vec<String> = Vec::new();
+        for (k, v) in [
+            ("principal", &self.principal),
+            ("customer", &self.customer),
+            ("action", &self.action),
+            ("outcome", &self.outcome),
+            ("from", &self.from),
+            ("to", &self.to),
+        ] {
+            if !v.is_empty() {
+                q.push(format!("{k}={}", percent_encode(v)));
+            }
+        }
+        q.join("&")
+    }
+}
+
 #[derive(Template)]
 #[template(path = "console/audit.html")]
 struct AuditPage {
@@ -409,6 +664,8 @@ struct AuditPage {
     filter: AuditFilter,
     rows: Vec<EventRow>,
     next: Option<String>,
+    /// The filter's query string for the export links (`?…`, or empty).
+    export: String,
 }
 
 /// A query-string value, percent-encoded (everything but RFC 3986's unreserved characters).
@@ -434,31 +691,7 @@ async fn audit_search(
     let Ok(axum::extract::Query(filter)) = filter else {
         return error_page(f, ApiError::bad_request("bad_query", "the filter has unknown or mistyped fields"));
     };
-    let time = |s: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
-        opt(s)
-            .map(|t| {
-                chrono::DateTime::parse_from_rfc3339(&t)
-                    .map(|t| t.with_timezone(&chrono::Utc))
-                    .map_err(|_| ApiError::bad_request("bad_query", "times are RFC 3339, e.g. 2026-12-01T00:00:00Z"))
-            })
-            .transpose()
-    };
-    let query = (|| -> Result<crate::store::AuditQuery, ApiError> {
-        Ok(crate::store::AuditQuery {
-            principal: opt(&filter.principal),
-            customer: opt(&filter.customer)
-                .map(|c| c.parse().map_err(|_| ApiError::bad_request("bad_query", "a customer id is a UUID")))
-                .transpose()?,
-            action: opt(&filter.action),
-            outcome: opt(&filter.outcome),
-            from: time(&filter.from)?,
-            to: time(&filter.to)?,
-            after_seq: filter.after.unwrap_or(0),
-            limit: 50,
-            scopes: None,
-        })
-    })();
-    let query = match query {
+    let query = match filter.to_query(filter.after.unwrap_or(0), 50) {
         Ok(q) => q,
         Err(e) => return error_page(f, e),
     };
@@ -478,24 +711,16 @@ async fn audit_search(
                     client: e.event.client.clone().unwrap_or_default(),
                 })
                 .collect();
+            let kept = filter.query_string();
             let next = page.next_cursor.map(|after| {
-                let mut q: Vec<String> = Vec::new();
-                for (k, v) in [
-                    ("principal", &filter.principal),
-                    ("customer", &filter.customer),
-                    ("action", &filter.action),
-                    ("outcome", &filter.outcome),
-                    ("from", &filter.from),
-                    ("to", &filter.to),
-                ] {
-                    if !v.is_empty() {
-                        q.push(format!("{k}={}", percent_encode(v)));
-                    }
-                }
-                q.push(format!("after={after}"));
-                format!("/console/audit?{}", q.join("&"))
+                let sep = if kept.is_empty() { "" } else { "&" };
+                format!("/console/audit?{kept}{sep}after={after}")
             });
-            render(&AuditPage { l: f.l, lang: f.lang, who: f.who, csrf: f.csrf, filter, rows, next }, StatusCode::OK)
+            let export = if kept.is_empty() { String::new() } else { format!("?{kept}") };
+            render(
+                &AuditPage { l: f.l, lang: f.lang, who: f.who, csrf: f.csrf, filter, rows, next, export },
+                StatusCode::OK,
+            )
         }
         Err(e) => error_page(f, e.into()),
     }

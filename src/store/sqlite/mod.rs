@@ -29,9 +29,9 @@ use self::rows::{
     tombstone_from, uuid_at, uuid_value, Query, ALERT_COLUMNS, EVENT_COLUMNS, GRANT_COLUMNS,
 };
 use super::{
-    AlertRecord, AuditHead, AuditQuery, AuthzState, Backend, BootstrapOutcome, CustomerQuery, CustomerRecord,
-    CustomerUpdate, GrantQuery, GrantRecord, IdempotencyRecord, IndexEntry, SealedField, Store, StoreError,
-    StoreOptions, Tombstone, UpdateOutcome,
+    AlertRecord, AuditHead, AuditQuery, AuditTallies, AuditTally, AuthzState, Backend, BootstrapOutcome, Bucket,
+    CustomerQuery, CustomerRecord, CustomerUpdate, GrantQuery, GrantRecord, IdempotencyRecord, IndexEntry, SealedField,
+    Store, StoreError, StoreOptions, Tombstone, UpdateOutcome, DISCLOSURE_ACTIONS,
 };
 use crate::audit::{AuditEvent, Checkpoint, StoredEvent};
 use crate::crypto::WrappedKey;
@@ -639,6 +639,55 @@ impl Store for SqliteStore {
         }
         q.push(" ORDER BY seq LIMIT ").bind(i64::from(query.limit));
         self.read(move |c| q.all(c, |r| event_from(r, true))).await
+    }
+
+    async fn audit_tallies(&self, tally: &AuditTally) -> Result<AuditTallies, StoreError> {
+        let tally = tally.clone();
+        self.read(move |c| {
+            let since = time_value(&tally.since);
+            let width = match tally.bucket {
+                Bucket::Hour => 13,
+                Bucket::Day => 10,
+            };
+            let scoped = |q: &mut Query| {
+                q.push(" AND (");
+                q.pieces(super::scope_condition("actor_region", &tally.scopes));
+                q.push(" OR ");
+                q.pieces(super::scope_condition("subject_region", &tally.scopes));
+                q.push(")");
+            };
+            let mut q = Query::new(&format!(
+                "SELECT substr(time, 1, {width}) AS b, outcome, COUNT(*) FROM audit_events WHERE time >= "
+            ));
+            q.bind(since.clone());
+            scoped(&mut q);
+            q.push(" GROUP BY b, outcome ORDER BY b, outcome");
+            let by_bucket = q.all(c, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let mut q = Query::new("SELECT action, COUNT(*) FROM audit_events WHERE time >= ");
+            q.bind(since.clone());
+            q.push(" AND action IN (");
+            for (i, a) in DISCLOSURE_ACTIONS.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.bind(a.to_string());
+            }
+            q.push(")");
+            scoped(&mut q);
+            q.push(" GROUP BY action ORDER BY action");
+            let disclosures = q.all(c, |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let mut q = Query::new(
+                "SELECT principal, COUNT(DISTINCT l.customer_id) AS n FROM audit_events \
+                 JOIN audit_event_customers l ON l.seq = audit_events.seq \
+                 WHERE principal IS NOT NULL AND outcome = 'allowed' AND time >= ",
+            );
+            q.bind(since);
+            scoped(&mut q);
+            q.push(" GROUP BY principal ORDER BY n DESC, principal LIMIT ").bind(i64::from(tally.leaders));
+            let leaders = q.all(c, |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(AuditTallies { by_bucket, disclosures, leaders })
+        })
+        .await
     }
 
     async fn insert_alert(&self, alert: &AlertRecord, audit: &AuditEvent) -> Result<(), StoreError> {
