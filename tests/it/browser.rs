@@ -150,7 +150,8 @@ async fn browser_an_officer_finds_a_burst_of_reveals_and_clears_its_alert() {
     h.grant("so-browser", "security_officer", "CN").await;
 
     b.sign_in(&h, "so-browser").await;
-    assert!(b.html().await.contains("so-browser"), "signed in");
+    let html = b.html().await;
+    assert!(html.contains("so-browser"), "signed in: {} {html}", b.client.current_url().await.unwrap());
     b.screenshot("overview").await;
     b.go(&h.url("/console/audit?action=customer.reveal")).await;
     let audit = b.html().await;

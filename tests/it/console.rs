@@ -160,6 +160,24 @@ async fn forms_refuse_cross_site_posts_and_missing_tokens() {
     assert_eq!(r.status(), 403, "a cross-origin post");
     let r = post(vec![("csrf", csrf.clone())]).header("Sec-Fetch-Site", "cross-site").send().await.unwrap();
     assert_eq!(r.status(), 403, "a cross-site post");
+    // `Origin: null` (what a browser sends under no-referrer, and what a sandboxed attacker page
+    // sends): only with Sec-Fetch-Site saying same-origin.
+    let r = post(vec![("csrf", csrf.clone())]).header("Origin", "null").send().await.unwrap();
+    assert_eq!(r.status(), 403, "an opaque origin without fetch metadata");
+    let r = post(vec![("csrf", csrf.clone())])
+        .header("Origin", "null")
+        .header("Sec-Fetch-Site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "an opaque origin from another site");
+    let r = post(vec![("csrf", csrf.clone())])
+        .header("Origin", "null")
+        .header("Sec-Fetch-Site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the console's own form, as a browser posts it");
     let r = post(vec![("csrf", csrf)]).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let html = r.text().await.unwrap();

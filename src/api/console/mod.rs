@@ -147,12 +147,17 @@ async fn session(State(state): State<AppState>, mut req: Request, next: Next) ->
 }
 
 /// Whether a state-changing request comes from the console's own pages: not a cross-site
-/// request (`Sec-Fetch-Site`, `Origin`), and, with a session, carrying its CSRF token.
+/// request (`Sec-Fetch-Site`), and an `Origin` naming this host. Under the console's
+/// `Referrer-Policy: no-referrer` browsers send `Origin: null` even for the console's own
+/// forms (Fetch, "serializing a request origin"), so `null` is accepted only together with
+/// `Sec-Fetch-Site: same-origin`. Forms of a session also carry its CSRF token
+/// ([`form_allowed`]).
 fn same_origin(headers: &HeaderMap) -> bool {
-    let site_ok =
-        headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).is_none_or(|s| s == "same-origin" || s == "none");
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let site_ok = fetch_site.is_none_or(|s| s == "same-origin" || s == "none");
     let origin_ok = match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
         (None, _) => true,
+        (Some(o), _) if o.as_bytes() == b"null" => fetch_site == Some("same-origin"),
         (Some(o), Some(host)) => {
             let (o, host) = (o.to_str().unwrap_or(""), host.to_str().unwrap_or("-"));
             o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")) == Some(host)
