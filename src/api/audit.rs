@@ -186,6 +186,8 @@ pub struct EventParams {
     pub action: Option<String>,
     /// `allowed`, `denied`, `not_found`, `invalid` or `failed`.
     pub outcome: Option<String>,
+    /// The purpose the events were recorded with (`X-Purpose`, or `administration` / `audit`).
+    pub purpose: Option<String>,
     /// RFC 3339, inclusive.
     pub from: Option<DateTime<Utc>>,
     /// RFC 3339, exclusive.
@@ -229,6 +231,7 @@ pub async fn events(
         customer: p.customer,
         action: p.action,
         outcome: p.outcome,
+        purpose: p.purpose,
         from: p.from,
         to: p.to,
         after_seq: cursor(p.cursor.as_deref())?,

@@ -245,6 +245,8 @@ pub struct AuditQuery {
     pub customer: Option<Uuid>,
     pub action: Option<String>,
     pub outcome: Option<String>,
+    /// The stated purpose (`X-Purpose`) the events were recorded with.
+    pub purpose: Option<String>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     /// Events with a greater sequence number.

@@ -791,6 +791,10 @@ impl crate::store::Store for PgStore {
             qb.push(" AND outcome = ");
             qb.push_bind(o.as_str());
         }
+        if let Some(p) = &q.purpose {
+            qb.push(" AND purpose = ");
+            qb.push_bind(p.as_str());
+        }
         if let Some(from) = q.from {
             qb.push(" AND time >= ");
             qb.push_bind(from);

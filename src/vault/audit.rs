@@ -69,6 +69,18 @@ pub struct Overview {
     pub month: AuditTallies,
     /// Open alerts about principals in the subtree.
     pub open_alerts: usize,
+    /// This instance's newest verification (`None` since it started).
+    pub verified: Option<Verified>,
+}
+
+/// The outcome of a verification run on this instance.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub at: DateTime<Utc>,
+    pub ok: bool,
+    /// Events checked (the chain verified through this sequence number when `ok`).
+    pub events: i64,
+    pub first_bad_seq: Option<i64>,
 }
 
 /// How many principals the leak-warning list shows.
@@ -90,7 +102,8 @@ impl Vault {
         let open_alerts =
             self.store.alerts(Some(&scopes), 200).await?.iter().filter(|a| a.cleared_at.is_none()).count();
         let chain = self.audit_state(caller).await?;
-        Ok(Overview { chain, day, month, open_alerts })
+        let verified = self.last_verification.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(Overview { chain, day, month, open_alerts, verified })
     }
 
     /// Events matching `query`, for security officers: only events whose actor or subject lies
@@ -134,6 +147,12 @@ impl Vault {
         if !report.ok {
             tracing::error!(first_bad_seq = report.first_bad_seq, "AUDIT VERIFICATION FAILED");
         }
+        *self.last_verification.lock().unwrap_or_else(|p| p.into_inner()) = Some(Verified {
+            at: Utc::now(),
+            ok: report.ok,
+            events: report.events,
+            first_bad_seq: report.first_bad_seq,
+        });
         Ok(report)
     }
 

@@ -160,6 +160,8 @@ pub struct Vault {
     verifier: Option<CheckpointVerifier>,
     retention: Vec<(crate::domain::CustomerKind, crate::domain::CustomerStatus, u32)>,
     idempotency_window: chrono::Duration,
+    /// The outcome of this instance's newest audit verification, for the overview.
+    last_verification: std::sync::Mutex<Option<audit::Verified>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -197,6 +199,7 @@ impl Vault {
             retention: options.retention,
             idempotency_window: chrono::Duration::from_std(options.idempotency_window)
                 .unwrap_or_else(|_| chrono::Duration::days(1)),
+            last_verification: std::sync::Mutex::new(None),
         })
     }
 

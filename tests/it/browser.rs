@@ -105,10 +105,35 @@ impl Browser {
         self.go(&h.url("/console/sign-in")).await;
         self.fill("input[name=sub]", sub).await;
         self.click("form[action='/console/sign-in/development'] button").await;
+        // The click returns before the navigation ends: wait for a signed-in page (its sign-out
+        // form), so that the next navigation does not cut the sign-in short.
+        self.wait_for("form[action='/console/sign-out']").await;
     }
 
     async fn sign_out(&self) {
         self.click("form[action='/console/sign-out'] button").await;
+        self.wait_for("input[name=sub]").await;
+    }
+
+    /// Waits (at most 10 s) until the page has an element matching `css`.
+    async fn wait_for(&self, css: &str) {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("waiting for {css}: {e}"));
+    }
+
+    /// Waits (at most 10 s) until the current URL contains `part`.
+    async fn wait_url(&self, part: &str) {
+        for _ in 0..100 {
+            if self.client.current_url().await.unwrap().as_str().contains(part) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the browser never reached a URL with {part}");
     }
 
     /// Saves a screenshot as `name`.png when `CUSTODIA_SCREENSHOTS` names a directory.
@@ -158,11 +183,18 @@ async fn browser_an_officer_finds_a_burst_of_reveals_and_clears_its_alert() {
     assert!(audit.contains("ro-burst") && audit.contains("customer.reveal"), "{audit}");
     b.screenshot("audit").await;
     b.click("header nav a[href='/console/alerts']").await;
+    b.wait_for("input[name=reason]").await;
     let alerts = b.html().await;
     assert!(alerts.contains("ro-burst") && alerts.contains("bulk_access"), "{alerts}");
     b.fill("input[name=reason]", "SEC-2026-1204").await;
     b.screenshot("alerts").await;
     b.click("form[action^='/console/alerts/'] button").await;
+    for _ in 0..100 {
+        if !b.html().await.contains("name=\"reason\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let after = b.html().await;
     assert!(!after.contains("name=\"reason\""), "the alert is still open: {after}");
     assert!(after.contains("cleared"));
@@ -199,8 +231,11 @@ async fn browser_a_province_officer_does_not_see_another_province() {
     h.grant("so-js-browser", "security_officer", "32").await;
     b.sign_in(&h, "so-js-browser").await;
     b.click("header nav a[href='/console/audit']").await;
+    b.wait_for("form.filters").await;
     b.fill("input[name=action]", "customer.read").await;
     b.click("form.filters button").await;
+    b.wait_url("action=customer.read").await;
+    b.wait_for("table.events").await;
     let html = b.html().await;
     assert!(html.contains("js-reader"), "{html}");
     assert!(!html.contains("gd-reader"), "another province's events are shown");
@@ -219,7 +254,9 @@ async fn browser_an_admin_grants_an_agent_sees_the_cascade_and_revokes() {
 
     b.sign_in(&h, "js-admin").await;
     b.click("header nav a[href='/console/grants']").await;
+    b.wait_for("#grant-new").await;
     b.click("#grant-new").await;
+    b.wait_for("#principal").await;
     b.fill("#principal", "nj-browser-agent").await;
     b.select("#role", "agent").await;
     b.select("#region", "3201").await;
@@ -227,6 +264,7 @@ async fn browser_an_admin_grants_an_agent_sees_the_cascade_and_revokes() {
     b.client.execute("document.getElementById('expires').value = arguments[0];", vec![json!(tomorrow)]).await.unwrap();
     b.screenshot("grant-form").await;
     b.click("#grant-submit").await;
+    b.wait_for("#grant-new").await;
     let tree = b.html().await;
     assert!(tree.contains("nj-browser-agent") && tree.contains("region-3201"), "{tree}");
     b.screenshot("grants").await;
@@ -235,10 +273,12 @@ async fn browser_an_admin_grants_an_agent_sees_the_cascade_and_revokes() {
     b.sign_in(&h, ROOT_ADMIN).await;
     b.go(&h.url("/console/grants")).await;
     b.click(&format!("#grant-{province} a.revoke")).await;
+    b.wait_for("#revoke-confirm").await;
     let preview = b.html().await;
     assert!(preview.contains("id=\"cascade\"") && preview.contains("nj-browser-agent"), "{preview}");
     b.screenshot("revoke-preview").await;
     b.click("#revoke-confirm").await;
+    b.wait_for("#grant-new").await;
     let after = b.html().await;
     assert!(after.contains(&format!("grant-{province}\" class=\"revoked\"")), "{after}");
     b.go(&h.url("/console/keys")).await;
@@ -254,6 +294,7 @@ async fn browser_a_local_admin_sees_no_way_to_grant_admin() {
     h.grant("js-local-browser", "local_admin", "32").await;
     b.sign_in(&h, "js-local-browser").await;
     b.go(&h.url("/console/grants/new")).await;
+    b.wait_for("#role").await;
     let options: Vec<String> = {
         let mut out = Vec::new();
         for e in b.client.find_all(Locator::Css("#role option")).await.unwrap() {

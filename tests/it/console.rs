@@ -182,6 +182,10 @@ async fn forms_refuse_cross_site_posts_and_missing_tokens() {
     assert_eq!(r.status(), 200);
     let html = r.text().await.unwrap();
     assert!(html.contains(r#"id="verify-result""#) && html.contains("class=\"ok\""), "{html}");
+    // The overview now says through which sequence number the chain was verified.
+    let (_, _, overview) = page(&h, "/console", &cookie).await;
+    let verified = overview.split(r#"<td id="verified">"#).nth(1).unwrap().split("</td>").next().unwrap();
+    assert!(verified.contains(r#"<span class="ok">#"#), "{verified}");
     // Framing is refused by the CSP and X-Frame-Options on every page.
     let (_, headers, _) = page(&h, "/console/verify", &cookie).await;
     assert_eq!(headers["x-frame-options"], "DENY");
@@ -601,6 +605,12 @@ async fn an_officer_opens_events_exports_them_and_reports_a_customers_access() {
     let n = h.scalar("SELECT COUNT(*) FROM audit_events WHERE action = 'audit.read' AND principal = 'so-evidence' AND status = 200").await;
     assert!(n >= 4, "every page and export is audited: {n}");
 
+    // The search filters by purpose too.
+    let (_, _, by_purpose) =
+        page(&h, &format!("/console/audit?customer={id}&purpose=fraud_investigation"), &cookie).await;
+    assert!(by_purpose.contains(r#"id="no-events""#), "no event of this customer has that purpose: {by_purpose}");
+    let (_, _, by_purpose) = page(&h, &format!("/console/audit?customer={id}&purpose=customer_service"), &cookie).await;
+    assert!(by_purpose.contains("+cmd|calc"), "{by_purpose}");
     let (status, _, report) = page(&h, &format!("/console/customers/access?customer={id}"), &cookie).await;
     assert_eq!(status, 200, "{report}");
     assert!(

@@ -183,6 +183,9 @@ pub struct Labels {
     pub overview_leaders: String,
     pub overview_leaders_hint: String,
     pub overview_distinct: String,
+    pub overview_verified: String,
+    pub overview_verify_failed: String,
+    pub overview_not_verified: String,
 }
 
 /// Why the catalogues did not load.

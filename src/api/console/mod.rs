@@ -538,6 +538,9 @@ struct OverviewPage {
     chart_day: String,
     chart_month: String,
     leaders: Vec<(String, i64)>,
+    /// The newest verification on this instance: ok, through (or first bad) sequence number,
+    /// age.
+    verified: Option<(bool, i64, String)>,
 }
 
 /// An age in words a person reads at a glance: `45 s`, `12 min`, `3 h`, `2 d`.
@@ -584,6 +587,7 @@ async fn overview(State(state): State<AppState>, Page { f, caller, .. }: Page) -
             chart_day: chart(&o.day, Bucket::Hour, 24),
             chart_month: chart(&o.month, Bucket::Day, 30),
             leaders: o.day.leaders,
+            verified: o.verified.map(|v| (v.ok, if v.ok { v.events } else { v.first_bad_seq.unwrap_or(0) }, age(v.at))),
         },
         StatusCode::OK,
     )
@@ -608,6 +612,7 @@ struct AuditFilter {
     customer: String,
     action: String,
     outcome: String,
+    purpose: String,
     from: String,
     to: String,
     after: Option<i64>,
@@ -632,6 +637,7 @@ impl AuditFilter {
                 .transpose()?,
             action: opt(&self.action),
             outcome: opt(&self.outcome),
+            purpose: opt(&self.purpose),
             from: time(&self.from)?,
             to: time(&self.to)?,
             after_seq,
@@ -648,6 +654,7 @@ impl AuditFilter {
             ("customer", &self.customer),
             ("action", &self.action),
             ("outcome", &self.outcome),
+            ("purpose", &self.purpose),
             ("from", &self.from),
             ("to", &self.to),
         ] {

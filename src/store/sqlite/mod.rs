@@ -624,6 +624,9 @@ impl Store for SqliteStore {
         if let Some(o) = &query.outcome {
             q.push(" AND outcome = ").bind(o.clone());
         }
+        if let Some(p) = &query.purpose {
+            q.push(" AND purpose = ").bind(p.clone());
+        }
         if let Some(from) = query.from {
             q.push(" AND time >= ").bind(time_value(&from));
         }
