@@ -163,6 +163,15 @@ impl Vault {
         Ok(self.store.alerts(Some(&permit.scopes()), 200).await?)
     }
 
+    /// One alert about a principal in the officer's subtree (outside it: 404, as missing).
+    #[tracing::instrument(skip_all)]
+    pub async fn alert(&self, caller: &Caller, id: Uuid) -> Result<AlertRecord, VaultError> {
+        let permit = self.admit(caller, Action::AuditAlerts)?;
+        let alert = self.store.alert(id).await?.ok_or(VaultError::NotFound)?;
+        self.gate.audit_subject(&permit, alert.region.as_deref())?;
+        Ok(alert)
+    }
+
     /// Clears an open alert about a principal in the officer's subtree, unblocking it.
     #[tracing::instrument(skip_all)]
     pub async fn clear_alert(&self, caller: &Caller, id: Uuid) -> Result<AlertRecord, VaultError> {

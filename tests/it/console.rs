@@ -297,7 +297,10 @@ async fn console_route_matrix() {
         // placeholder (a grant or alert that does not exist: 404; a grant form without values:
         // 422; ending the tokens of a principal without grants: done, back to its page).
         let ok = match (route.method.as_str(), route.path) {
-            ("POST", "/alerts/{id}/clear") | (_, "/grants/{id}/revoke") | (_, "/audit/events/{seq}") => 404,
+            ("POST", "/alerts/{id}/clear")
+            | ("GET", "/alerts/{id}")
+            | (_, "/grants/{id}/revoke")
+            | (_, "/audit/events/{seq}") => 404,
             ("POST", "/grants") => 422,
             ("POST", "/principals/{sub}/revoke-tokens") => 303,
             _ => 200,
@@ -347,7 +350,19 @@ async fn an_officer_clears_an_alert_with_a_ticket() {
     let (status, _, html) = page(&h, "/console/alerts", &cookie).await;
     assert_eq!(status, 200, "{html}");
     assert!(html.contains("burst-agent") && html.contains("bulk_access"), "{html}");
-    let at = html.find("/console/alerts/").unwrap();
+    // The alert's own page: what raised it and a link to the principal's events in its window.
+    let at = html.find(r#"<a href="/console/alerts/"#).expect("a link to the alert");
+    let link = html[at + 9..].split('"').next().unwrap().to_owned();
+    let (status, _, detail) = page(&h, &link, &cookie).await;
+    assert_eq!(status, 200, "{detail}");
+    let events =
+        detail.split(r#"id="alert-events" href=""#).nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
+    let (_, _, found) = page(&h, &events, &cookie).await;
+    assert!(found.contains("burst-agent") && found.contains("customer.read"), "the window's events: {found}");
+    h.grant("so-other", "security_officer", "44").await;
+    let other = sign_in(&h, "so-other").await;
+    assert_eq!(page(&h, &link, &other).await.0, 404, "another province's alert is missing, as an unknown one");
+    let at = html.find(r#"action="/console/alerts/"#).unwrap() + 8;
     let action = html[at..].split('"').next().unwrap().to_owned();
     let csrf = csrf_of(&html);
     // Without a ticket: refused in words.

@@ -186,6 +186,7 @@ pub struct Labels {
     pub overview_verified: String,
     pub overview_verify_failed: String,
     pub overview_not_verified: String,
+    pub alerts_events: String,
 }
 
 /// Why the catalogues did not load.

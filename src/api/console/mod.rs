@@ -80,6 +80,7 @@ fn declared() -> Vec<(super::RouteDecl, Handler)> {
         d(Method::GET, "/verify", Action::VerifyAudit, on(MethodFilter::GET, verify_page)),
         d(Method::POST, "/verify", Action::VerifyAudit, on(MethodFilter::POST, verify_run)),
         d(Method::GET, "/alerts", Action::AuditAlerts, on(MethodFilter::GET, alerts_page)),
+        d(Method::GET, "/alerts/{id}", Action::AuditAlerts, on(MethodFilter::GET, alert_page)),
         d(Method::POST, "/alerts/{id}/clear", Action::AuditAlerts, on(MethodFilter::POST, clear_alert)),
         d(Method::GET, "/grants", Action::GrantList, on(MethodFilter::GET, admin::grants_page)),
         d(Method::GET, "/grants/new", Action::GrantList, on(MethodFilter::GET, admin::grant_new)),
@@ -827,6 +828,62 @@ async fn alerts_page(State(state): State<AppState>, Page { f, caller, .. }: Page
                 })
                 .collect();
             render(&AlertsPage { l: f.l, lang: f.lang, who: f.who, csrf: f.csrf, rows }, StatusCode::OK)
+        }
+        Err(e) => error_page(f, e.into()),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/alert.html")]
+struct AlertPage {
+    l: &'static Labels,
+    lang: &'static str,
+    who: Option<String>,
+    csrf: String,
+    a: AlertRow,
+    window_minutes: i32,
+    cleared_by: String,
+    cleared_at: String,
+    /// The audit search of the principal's events in the alert's window.
+    events: String,
+}
+
+/// One alert: what raised it, its window, who cleared it when, a link to the principal's events
+/// in that window, and (while open) the form to clear it.
+async fn alert_page(State(state): State<AppState>, Path(id): Path<String>, Page { f, caller, .. }: Page) -> Response {
+    let Ok(id) = uuid::Uuid::try_parse(&id) else { return error_page(f, ApiError::not_found()) };
+    match state.vault.alert(&caller, id).await {
+        Ok(a) => {
+            let from = a.raised_at - chrono::Duration::seconds(i64::from(a.window_seconds));
+            let events = format!(
+                "/console/audit?principal={}&from={}&to={}",
+                percent_encode(&a.principal),
+                percent_encode(&from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                percent_encode(
+                    &(a.raised_at + chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            );
+            let page = AlertPage {
+                l: f.l,
+                lang: f.lang,
+                who: f.who,
+                csrf: f.csrf,
+                window_minutes: a.window_seconds / 60,
+                cleared_by: a.cleared_by.clone().unwrap_or_default(),
+                cleared_at: a.cleared_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+                events,
+                a: AlertRow {
+                    id: a.id,
+                    kind: a.kind,
+                    principal: a.principal,
+                    region: a.region.unwrap_or_default(),
+                    raised: a.raised_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    customers: a.distinct_customers,
+                    status: if a.cleared_at.is_some() { "cleared" } else { "open" },
+                    open: a.cleared_at.is_none(),
+                },
+            };
+            render(&page, StatusCode::OK)
         }
         Err(e) => error_page(f, e.into()),
     }
