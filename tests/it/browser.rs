@@ -112,7 +112,7 @@ impl Browser {
 
     async fn sign_out(&self) {
         self.click("form[action='/console/sign-out'] button").await;
-        self.wait_for("input[name=sub]").await;
+        self.wait_url("/console/sign-in").await;
     }
 
     /// Waits (at most 10 s) until the page has an element matching `css`.
@@ -362,5 +362,31 @@ async fn browser_a_cross_origin_post_and_a_framed_console_fail() {
     b.client.enter_frame(0).await.unwrap();
     let framed = b.client.find(Locator::Css("input[name=sub]")).await;
     assert!(framed.is_err(), "the console rendered inside another site's frame");
+    b.close().await;
+}
+
+/// An officer signs in through the operator's identity provider (a real `oidc-provider`) in the
+/// browser: the console's button, the provider's login page, back through the callback to the
+/// overview with a session, and out again.
+#[tokio::test]
+async fn browser_an_officer_signs_in_through_the_identity_provider() {
+    let Some(b) = browser().await else { return };
+    let Some((h, _provider)) = crate::oidc::vault_with_provider(|_, _| {}).await else { return };
+    b.go(&h.url("/console/sign-in")).await;
+    b.click("#sign-in-provider").await;
+    b.wait_for("#login").await;
+    b.fill("#login", ROOT_OFFICER).await;
+    b.click("#submit").await;
+    b.wait_for("form[action='/console/sign-out']").await;
+    b.wait_url("/console").await;
+    let html = b.html().await;
+    assert!(html.contains(ROOT_OFFICER) && html.contains(r#"id="chart-day""#), "the overview, signed in: {html}");
+    let n = h
+        .scalar("SELECT COUNT(*) FROM audit_events WHERE action = 'console.sign_in' AND principal = 'root-officer' AND outcome = 'allowed'")
+        .await;
+    assert_eq!(n, 1);
+    b.sign_out().await;
+    b.go(&h.url("/console")).await;
+    b.wait_for("#sign-in-provider").await;
     b.close().await;
 }

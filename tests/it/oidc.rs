@@ -21,14 +21,14 @@ const CLIENT_SECRET: &str = "test-client-secret-not-for-production";
 const AUDIENCE: &str = "custodia";
 
 /// The provider process (stopped when dropped).
-struct Provider {
-    issuer: String,
+pub struct Provider {
+    pub issuer: String,
     _child: tokio::process::Child,
 }
 
 /// Starts the provider for a vault whose callback is `redirect_uri`, or `None` (reported) when
 /// it cannot run here.
-async fn provider(redirect_uri: &str) -> Option<Provider> {
+pub async fn provider(redirect_uri: &str) -> Option<Provider> {
     let script = root_path("tests/oidc/provider.mjs");
     let installed = root_path("tests/oidc/node_modules/oidc-provider/package.json").exists();
     let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
@@ -74,7 +74,9 @@ async fn provider(redirect_uri: &str) -> Option<Provider> {
 
 /// A vault (SQLite) with OpenID Connect sign-in against a fresh provider, whose published keys
 /// are the only token keys it accepts.
-async fn vault_with_provider(adjust: impl FnOnce(&mut custodia::config::Config, &str)) -> Option<(Harness, Provider)> {
+pub async fn vault_with_provider(
+    adjust: impl FnOnce(&mut custodia::config::Config, &str),
+) -> Option<(Harness, Provider)> {
     let addr = free_loopback_addr();
     let redirect = format!("http://{addr}/console/sign-in/callback");
     let p = provider(&redirect).await?;
