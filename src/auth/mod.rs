@@ -273,21 +273,32 @@ impl Authenticator {
             _ => return reject(Rejection::TokenType),
         }
         let Some(kid) = header.kid.as_deref() else { return reject(Rejection::UnknownKey) };
+        // Configured keys are used in place; a provider key is copied out of its lock.
+        let provider_key;
         let allowed = match self.keys.get(kid) {
-            Some(k) => k.clone(),
+            Some(k) => k,
             None => match self.provider_keys.read().unwrap_or_else(|p| p.into_inner()).get(kid) {
-                Some(k) => k.clone(),
+                Some(k) => {
+                    provider_key = k.clone();
+                    &provider_key
+                }
                 None => return reject(Rejection::UnknownKey),
             },
         };
         if header.alg != allowed.algorithm {
             return reject(Rejection::Algorithm);
         }
-        let mut validation = allowed.validation;
-        if let Use::Id { client_id, .. } = &purpose {
-            validation.set_audience(&[client_id]);
-        }
-        let data = jsonwebtoken::decode::<Claims>(token, &allowed.key, &validation).map_err(|e| {
+        let id_validation;
+        let validation = match &purpose {
+            Use::Access => &allowed.validation,
+            Use::Id { client_id, .. } => {
+                let mut v = allowed.validation.clone();
+                v.set_audience(&[client_id]);
+                id_validation = v;
+                &id_validation
+            }
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &allowed.key, validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,

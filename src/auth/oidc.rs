@@ -31,7 +31,9 @@ use crate::config::{secure_or_loopback, Config};
 /// How long a started sign-in may take (the user at the provider's login page).
 pub const FLOW_LIFETIME: Duration = Duration::from_secs(600);
 /// Most sign-ins in flight at once on this instance (each is a few hundred bytes; a flood of
-/// starts cannot grow memory past this).
+/// starts cannot grow memory past this). Past it the oldest is dropped rather than new ones
+/// refused, so a flood of starts cannot lock everyone out of signing in: it can only make a
+/// slow sign-in start again.
 const MAX_FLOWS: usize = 10_000;
 /// Largest answer read from the provider.
 const MAX_ANSWER: usize = 256 * 1024;
@@ -57,9 +59,6 @@ pub enum OidcError {
     /// A token from the provider failed the vault's checks.
     #[error("the identity provider's token was rejected: {0}")]
     Token(AuthError),
-    /// Too many sign-ins in flight.
-    #[error("too many sign-ins in progress")]
-    Busy,
 }
 
 impl OidcError {
@@ -70,7 +69,6 @@ impl OidcError {
             OidcError::UnknownSignIn => "sign_in_state_invalid",
             OidcError::Refused => "sign_in_refused",
             OidcError::Token(_) => "sign_in_token_rejected",
-            OidcError::Busy => "sign_in_busy",
         }
     }
 }
@@ -246,8 +244,9 @@ impl OidcClient {
             let mut flows = self.flows.lock().unwrap_or_else(|p| p.into_inner());
             if flows.len() >= MAX_FLOWS {
                 flows.retain(|_, f| f.started.elapsed() < FLOW_LIFETIME);
-                if flows.len() >= MAX_FLOWS {
-                    return Err(OidcError::Busy);
+                let oldest = flows.iter().min_by_key(|(_, f)| f.started).map(|(k, _)| *k);
+                if let (true, Some(oldest)) = (flows.len() >= MAX_FLOWS, oldest) {
+                    flows.remove(&oldest);
                 }
             }
             flows.insert(digest(&state), Flow { verifier, nonce: nonce.clone(), started: Instant::now() });

@@ -266,8 +266,7 @@ pub(super) async fn revoke(
     Page { session, f, caller }: Page,
     form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let csrf = form.map(|f| f.0.csrf).unwrap_or_default();
-    if !form_allowed(&headers, &session, &csrf) {
+    if !super::token_form_allowed(&headers, &session, form) {
         return StatusCode::FORBIDDEN.into_response();
     }
     let Some(id) = grant_id(&id) else { return error_page(f, ApiError::not_found()) };
@@ -319,8 +318,7 @@ pub(super) async fn revoke_tokens(
     Page { session, f, caller }: Page,
     form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let csrf = form.map(|f| f.0.csrf).unwrap_or_default();
-    if !form_allowed(&headers, &session, &csrf) {
+    if !super::token_form_allowed(&headers, &session, form) {
         return StatusCode::FORBIDDEN.into_response();
     }
     match state.vault.revoke_tokens(&caller, &sub).await {

@@ -277,6 +277,16 @@ fn form_allowed(headers: &HeaderMap, session: &Session, csrf: &str) -> bool {
     same_origin(headers) && csrf_matches(session, csrf)
 }
 
+/// [`form_allowed`] for a form that carries nothing but its CSRF token (a missing or
+/// malformed form is refused like a wrong token).
+fn token_form_allowed(
+    headers: &HeaderMap,
+    session: &Session,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> bool {
+    form.is_ok_and(|f| form_allowed(headers, session, &f.0.csrf))
+}
+
 #[derive(Template)]
 #[template(path = "console/sign_in.html")]
 struct SignInPage {
@@ -309,7 +319,6 @@ fn sign_in_failed(f: Frame, e: &crate::auth::oidc::OidcError) -> Response {
         OidcError::UnknownSignIn => (StatusCode::BAD_REQUEST, "Sign-in not recognised"),
         OidcError::Refused | OidcError::Token(_) => (StatusCode::UNAUTHORIZED, "Sign-in refused"),
         OidcError::Unavailable(_) => (StatusCode::BAD_GATEWAY, "Identity provider unavailable"),
-        OidcError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "Sign-in busy"),
     };
     let detail = match e {
         OidcError::UnknownSignIn => {
@@ -320,7 +329,6 @@ fn sign_in_failed(f: Frame, e: &crate::auth::oidc::OidcError) -> Response {
             "the identity provider's token does not meet the vault's rules (issuer, audience, signature, expiry)"
         }
         OidcError::Unavailable(_) => "the identity provider cannot be reached; try again later",
-        OidcError::Busy => "too many sign-ins are in progress; try again shortly",
     };
     error_page(f, ApiError::new(status, e.code(), title).detail(detail))
 }
@@ -771,8 +779,7 @@ async fn verify_run(
     Page { session, f, caller }: Page,
     form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let csrf = form.map(|f| f.0.csrf).unwrap_or_default();
-    if !form_allowed(&headers, &session, &csrf) {
+    if !token_form_allowed(&headers, &session, form) {
         return StatusCode::FORBIDDEN.into_response();
     }
     match state.vault.verify_audit(&caller).await {
