@@ -1026,7 +1026,7 @@ impl crate::store::Store for PgStore {
         use sqlx::Row;
         let mut conn = self.read.acquire().await.map_err(crate::store::StoreError::Unavailable)?;
         let rows = sqlx::query(
-            "SELECT id, kek_version, wrapped_key FROM customers WHERE kek_version < $1 ORDER BY id LIMIT $2",
+            "SELECT id, kek_version, wrapped_key FROM customers WHERE kek_version < $1 ORDER BY kek_version, id LIMIT $2",
         )
         .bind(i64::from(active))
         .bind(i64::from(limit))
@@ -1184,7 +1184,7 @@ impl crate::store::Store for PgStore {
         use sqlx::Row;
         let mut conn = self.read.acquire().await.map_err(crate::store::StoreError::Unavailable)?;
         let rows = sqlx::query(
-            "SELECT DISTINCT customer_id FROM blind_index WHERE key_version < $1 ORDER BY customer_id LIMIT $2",
+            "SELECT DISTINCT customer_id FROM blind_index WHERE key_version = (SELECT min(key_version) FROM blind_index WHERE key_version < $1) ORDER BY customer_id LIMIT $2",
         )
         .bind(current)
         .bind(i64::from(limit))

@@ -21,6 +21,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "gate", include_str!("../../../migrations/sqlite/0006_gate.sql")),
     (7, "audit links by seq", include_str!("../../../migrations/sqlite/0007_audit_links_by_seq.sql")),
     (8, "idempotency", include_str!("../../../migrations/sqlite/0008_idempotency.sql")),
+    (9, "stale key versions", include_str!("../../../migrations/sqlite/0009_stale_key_versions.sql")),
 ];
 
 const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (

@@ -756,15 +756,7 @@ impl Store for SqliteStore {
     }
 
     async fn index_stale(&self, current: i32, limit: u32) -> Result<Vec<Uuid>, StoreError> {
-        self.read(move |c| {
-            all(
-                c,
-                "SELECT DISTINCT customer_id FROM blind_index WHERE key_version < ?1 ORDER BY customer_id LIMIT ?2",
-                (current, i64::from(limit)),
-                |r| id_at(r, 0),
-            )
-        })
-        .await
+        self.read(move |c| all(c, STALE_INDEX_ENTRIES, (current, i64::from(limit)), |r| id_at(r, 0))).await
     }
 
     async fn index_stale_count(&self, current: i32) -> Result<i64, StoreError> {
@@ -893,12 +885,9 @@ impl Store for SqliteStore {
 
     async fn wrapped_below(&self, active: u32, limit: u32) -> Result<Vec<(Uuid, WrappedKey)>, StoreError> {
         self.read(move |c| {
-            all(
-                c,
-                "SELECT id, kek_version, wrapped_key FROM customers WHERE kek_version < ?1 ORDER BY id LIMIT ?2",
-                (i64::from(active), i64::from(limit)),
-                |r| Ok((id_at(r, 0)?, WrappedKey { kek_version: super::kek_version(r.get(1)?)?, bytes: r.get(2)? })),
-            )
+            all(c, STALE_DATA_KEYS, (i64::from(active), i64::from(limit)), |r| {
+                Ok((id_at(r, 0)?, WrappedKey { kek_version: super::kek_version(r.get(1)?)?, bytes: r.get(2)? }))
+            })
         })
         .await
     }
@@ -1039,6 +1028,20 @@ fn checkpoint_from(r: &rusqlite::Row<'_>) -> Result<Checkpoint, StoreError> {
 const AUDIT_LINKS: &str =
     "SELECT seq, customer_id FROM audit_event_customers WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq, customer_id";
 
+/// Records with a data key wrapped under a key version below the active one (the rewrap's next
+/// batch). Asked every few seconds by maintenance: it must be answered from the
+/// `customers_kek_version` index (migration 0009), in its order — a scan of the table per
+/// question grew with the data.
+const STALE_DATA_KEYS: &str =
+    "SELECT id, kek_version, wrapped_key FROM customers WHERE kek_version < ?1 ORDER BY kek_version, id LIMIT ?2";
+
+/// Customers with blind-index entries under an index version below the current one, oldest
+/// version first (the re-index's next batch). Asked every few seconds by maintenance: it must be
+/// answered from the `blind_index_key_version` index (migration 0009), one version at a time in
+/// customer order, so that a batch reads only its own entries.
+const STALE_INDEX_ENTRIES: &str = "SELECT DISTINCT customer_id FROM blind_index WHERE key_version = \
+     (SELECT min(key_version) FROM blind_index WHERE key_version < ?1) ORDER BY customer_id LIMIT ?2";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1066,6 +1069,31 @@ mod tests {
             plan,
             ["SEARCH audit_event_customers USING COVERING INDEX audit_event_customers_seq (seq>? AND seq<?)"],
             "{plan:?}"
+        );
+    }
+
+    /// Fails when migration 0009's indexes are dropped: both questions fall back to a scan of
+    /// their whole table (`SCAN customers`, `SCAN blind_index USING INDEX blind_index_customer`).
+    #[test]
+    fn stale_key_versions_are_found_from_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = rusqlite::Connection::open(dir.path().join("p.db")).unwrap();
+        migrate::run(&mut c).unwrap();
+        let plan = |sql: &str| -> Vec<String> {
+            let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            stmt.query_map((1, 2), |r| r.get(3)).unwrap().map(Result::unwrap).collect()
+        };
+        assert_eq!(
+            plan(STALE_DATA_KEYS),
+            ["SEARCH customers USING INDEX customers_kek_version (kek_version<?)"],
+            "{:?}",
+            plan(STALE_DATA_KEYS)
+        );
+        let entries = plan(STALE_INDEX_ENTRIES);
+        assert!(
+            entries.iter().all(|step| !step.starts_with("SCAN"))
+                && entries.iter().any(|s| s.contains("blind_index_key_version")),
+            "{entries:?}"
         );
     }
 }
