@@ -102,7 +102,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    custodia::telemetry::finish();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -297,7 +299,7 @@ async fn soak_run(cli: &Cli, config: &Config, dir: &Path, minutes: f64) -> anyho
         interval,
     };
     eprintln!("soak: peak {peak_per_second:.0} req/s, holding {:.0} req/s", plan.target_per_second);
-    let intervals = soak::run(addr, server.pid(), make, &plan).await;
+    let (intervals, seconds) = soak::run(addr, server.pid(), make, &plan).await;
     server.stop();
     let store = custodia::store::open(&config.database_url, &custodia::store::StoreOptions::default()).await?;
     let verifier = custodia::audit::CheckpointVerifier::load(&config.audit.public_key)?;
@@ -309,7 +311,11 @@ async fn soak_run(cli: &Cli, config: &Config, dir: &Path, minutes: f64) -> anyho
         verified.events,
         verified.ok
     );
-    let text = soak::report(peak_per_second, &plan, &intervals, &header);
+    let mut text = soak::report(peak_per_second, &plan, &intervals, &header);
+    let (stalled, longest) = soak::stalls(&seconds, plan.target_per_second);
+    text.push_str(&format!(
+        "Seconds in which fewer than half the target completed: {stalled} (longest run {longest} s).\n"
+    ));
     println!("{text}");
     if let Some(path) = &cli.output {
         std::fs::write(path, &text)?;
@@ -320,7 +326,9 @@ async fn soak_run(cli: &Cli, config: &Config, dir: &Path, minutes: f64) -> anyho
             interval.as_secs()
         );
         std::fs::write(&plot, plot::soak_svg(&intervals, &caption))?;
-        println!("Wrote {} and {}.", path.display(), plot.display());
+        let trace = path.with_extension("seconds.tsv");
+        std::fs::write(&trace, soak::seconds_tsv(&seconds))?;
+        println!("Wrote {}, {} and {}.", path.display(), plot.display(), trace.display());
     }
     anyhow::ensure!(verified.ok, "audit verification failed after the soak");
     Ok(())

@@ -10,6 +10,7 @@
 //! Owns: pacing and per-interval figures. Must never: run in the server's process.
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,14 @@ pub struct Interval {
     pub rss_mb: f64,
 }
 
+/// Each second of the soak: requests completed in it, and the longest latency among them (µs).
+/// Where the per-interval p99 says that the load stalled, this says when and for how long.
+#[derive(Default)]
+pub struct Second {
+    pub completed: AtomicU64,
+    pub max_latency_us: AtomicU64,
+}
+
 /// The soak's plan.
 pub struct Plan {
     pub target_per_second: f64,
@@ -49,17 +58,23 @@ struct Bucket {
     completed: usize,
 }
 
-/// Runs the paced load for the whole plan; returns one entry per interval.
-pub async fn run(addr: std::net::SocketAddr, pid: u32, make: MakeRequest, plan: &Plan) -> Vec<Interval> {
+/// Runs the paced load for the whole plan; returns one entry per interval, and one per second.
+pub async fn run(
+    addr: std::net::SocketAddr,
+    pid: u32,
+    make: MakeRequest,
+    plan: &Plan,
+) -> (Vec<Interval>, Arc<Vec<Second>>) {
     let buckets: Arc<Vec<Mutex<Bucket>>> = Arc::new(
         (0..plan.intervals).map(|_| Mutex::new(Bucket { latencies: Vec::new(), errors: 0, completed: 0 })).collect(),
     );
     let start = Instant::now() + Duration::from_millis(100);
     let total = plan.interval * plan.intervals as u32;
+    let seconds: Arc<Vec<Second>> = Arc::new((0..total.as_secs() as usize).map(|_| Second::default()).collect());
     let gap = Duration::from_secs_f64(WORKERS as f64 / plan.target_per_second.max(1.0));
     let mut tasks = Vec::new();
     for w in 0..WORKERS {
-        let (make, buckets, interval) = (make.clone(), buckets.clone(), plan.interval);
+        let (make, buckets, seconds, interval) = (make.clone(), buckets.clone(), seconds.clone(), plan.interval);
         // Workers spread evenly over one gap.
         let offset = gap.mul_f64(w as f64 / WORKERS as f64);
         tasks.push(tokio::spawn(async move {
@@ -86,6 +101,10 @@ pub async fn run(addr: std::net::SocketAddr, pid: u32, make: MakeRequest, plan: 
                 let done = (start.elapsed().as_secs_f64() / interval.as_secs_f64()) as usize;
                 if let Some(bucket) = buckets.get(done) {
                     bucket.lock().unwrap_or_else(|p| p.into_inner()).completed += 1;
+                }
+                if let Some(second) = seconds.get(start.elapsed().as_secs() as usize) {
+                    second.completed.fetch_add(1, Ordering::Relaxed);
+                    second.max_latency_us.fetch_max(latency.as_micros() as u64, Ordering::Relaxed);
                 }
                 k += 1;
             }
@@ -131,7 +150,38 @@ pub async fn run(addr: std::net::SocketAddr, pid: u32, make: MakeRequest, plan: 
             rss_mb: memory.get(i).copied().unwrap_or(0.0),
         });
     }
+    (out, seconds)
+}
+
+/// The per-second trace as a table (tab-separated): second, requests completed, longest latency.
+pub fn seconds_tsv(seconds: &[Second]) -> String {
+    let mut out = String::from("second\tcompleted\tmax_latency_ms\n");
+    for (i, s) in seconds.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{:.1}",
+            i + 1,
+            s.completed.load(Ordering::Relaxed),
+            s.max_latency_us.load(Ordering::Relaxed) as f64 / 1000.0
+        );
+    }
     out
+}
+
+/// Seconds in which fewer than half the target completed (the server stalled), and the longest
+/// run of them.
+pub fn stalls(seconds: &[Second], target_per_second: f64) -> (usize, usize) {
+    let (mut count, mut run, mut longest) = (0, 0, 0);
+    for s in seconds {
+        if (s.completed.load(Ordering::Relaxed) as f64) < target_per_second / 2.0 {
+            count += 1;
+            run += 1;
+            longest = longest.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    (count, longest)
 }
 
 /// Largest relative distance from the mean, in per cent.
