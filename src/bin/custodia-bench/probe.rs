@@ -3,8 +3,8 @@
 //! system calls and resident memory; with PostgreSQL, the CPU time of the database's own
 //! processes as well, so that a request's whole cost can be reported.
 //!
-//! Owns: reading /proc of another process. Must never: measure the driver's own process as if
-//! it were the server's.
+//! Owns: reading /proc of another process (and, labelled as such, of the driver and the
+//! machine). Must never: measure the driver's own process as if it were the server's.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +22,13 @@ pub struct Sample {
     threads: BTreeMap<u32, (String, u64, u64)>,
     /// syscr + syscw of /proc/PID/io: read-like and write-like system calls.
     io_calls: u64,
+}
+
+impl Sample {
+    /// Live threads at the reading.
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
 }
 
 /// The server's use over a scenario, per request.
@@ -76,6 +83,25 @@ pub fn sample(pid: u32) -> Option<Sample> {
     let io = std::fs::read_to_string(root.join("io")).unwrap_or_default();
     let io_calls = ["syscr:", "syscw:"].iter().filter_map(|k| status_value(&io, k)).sum();
     Some(Sample { process_ticks, threads, io_calls })
+}
+
+/// The whole machine's CPU time so far from /proc/stat: (idle, total) in ticks, iowait counted
+/// as idle. Between two readings it says whether the machine had any CPU left: with the load
+/// driver on the same machine, a server that falls behind while the machine is idle is waiting
+/// on something; one that falls behind with no idle time left is short of CPU.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> =
+        stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already inside user).
+    let total = fields.iter().take(8).sum();
+    Some((fields.get(3)? + fields.get(4)?, total))
+}
+
+/// Per cent of the machine's CPU time left idle between two [`machine_ticks`] readings.
+pub fn idle_per_cent(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1).max(1) as f64;
+    after.0.saturating_sub(before.0) as f64 / total * 100.0
 }
 
 /// The server's resident memory now (VmRSS), in MB.
@@ -163,5 +189,13 @@ mod tests {
         assert_eq!(cpu_ticks(stat), Some(11 + 12));
         assert_eq!(group("tokio-runtime-w"), "tokio-runtime-w");
         assert_eq!(group("reader-12"), "reader");
+    }
+
+    #[test]
+    fn machine_idle_time() {
+        let (idle, total) = machine_ticks().unwrap();
+        assert!(total > 0 && idle <= total, "{idle} {total}");
+        assert_eq!(idle_per_cent((10, 100), (35, 200)), 25.0);
+        assert_eq!(idle_per_cent((10, 100), (10, 100)), 0.0);
     }
 }

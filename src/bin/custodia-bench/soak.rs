@@ -33,6 +33,13 @@ pub struct Interval {
     pub p99_ms: f64,
     pub cpu_us: f64,
     pub rss_mb: f64,
+    /// The load driver's own CPU per request (it shares the machine with the server).
+    pub driver_cpu_us: f64,
+    /// Per cent of the machine's CPU time left idle (all cores, iowait counted as idle).
+    pub idle_per_cent: f64,
+    /// The server's live threads at the interval's end (each holds a stack and, with glibc, may
+    /// hold a malloc arena: a source of resident memory that is not the data's).
+    pub threads: usize,
 }
 
 /// Each second of the soak: requests completed in it, and the longest latency among them (µs).
@@ -110,13 +117,21 @@ pub async fn run(
             }
         }));
     }
-    // The server's CPU and memory at each interval's end.
+    // The server's CPU and memory, the driver's CPU and the machine's idle time at each
+    // interval's end.
+    let driver = std::process::id();
     let mut samples = Vec::with_capacity(plan.intervals + 1);
+    let mut driver_samples = Vec::with_capacity(plan.intervals + 1);
+    let mut machine = Vec::with_capacity(plan.intervals + 1);
     samples.push(probe::sample(pid));
+    driver_samples.push(probe::sample(driver));
+    machine.push(probe::machine_ticks());
     let mut memory = Vec::with_capacity(plan.intervals);
     for i in 1..=plan.intervals {
         tokio::time::sleep_until((start + plan.interval * i as u32).into()).await;
         samples.push(probe::sample(pid));
+        driver_samples.push(probe::sample(driver));
+        machine.push(probe::machine_ticks());
         memory.push(probe::resident_mb(pid).unwrap_or(0.0));
         eprintln!("soak: interval {i}/{} done", plan.intervals);
     }
@@ -135,8 +150,12 @@ pub async fn run(
                 b.latencies[(((n - 1) as f64) * p).round() as usize].as_secs_f64() * 1000.0
             }
         };
-        let cpu_us = match (&samples[i], &samples[i + 1]) {
+        let cpu = |samples: &[Option<probe::Sample>]| match (&samples[i], &samples[i + 1]) {
             (Some(a), Some(z)) => probe::per_request(a, z, b.completed).cpu_us,
+            _ => 0.0,
+        };
+        let idle_per_cent = match (machine[i], machine[i + 1]) {
+            (Some(a), Some(z)) => probe::idle_per_cent(a, z),
             _ => 0.0,
         };
         out.push(Interval {
@@ -146,8 +165,11 @@ pub async fn run(
             per_second: b.completed as f64 / plan.interval.as_secs_f64(),
             p50_ms: pick(0.5),
             p99_ms: pick(0.99),
-            cpu_us,
+            cpu_us: cpu(&samples),
             rss_mb: memory.get(i).copied().unwrap_or(0.0),
+            driver_cpu_us: cpu(&driver_samples),
+            idle_per_cent,
+            threads: samples[i + 1].as_ref().map_or(0, probe::Sample::threads),
         });
     }
     (out, seconds)
@@ -205,13 +227,24 @@ pub fn report(peak: f64, plan: &Plan, intervals: &[Interval], header: &str) -> S
         plan.interval.as_secs()
     );
     out.push_str(
-        "| interval | requests due | req/s completed | errors | p50 ms | p99 ms | server CPU µs/req | RSS MB |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| interval | requests due | req/s completed | errors | p50 ms | p99 ms | server CPU µs/req | RSS MB \
+         | server threads | driver CPU µs/req | machine idle % |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for i in intervals {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} |",
-            i.index, i.requests, i.per_second, i.errors, i.p50_ms, i.p99_ms, i.cpu_us, i.rss_mb
+            "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {:.1} | {:.1} |",
+            i.index,
+            i.requests,
+            i.per_second,
+            i.errors,
+            i.p50_ms,
+            i.p99_ms,
+            i.cpu_us,
+            i.rss_mb,
+            i.threads,
+            i.driver_cpu_us,
+            i.idle_per_cent
         );
     }
     // The first interval warms caches and pools; flatness is judged on the rest.
