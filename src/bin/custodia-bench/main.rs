@@ -76,6 +76,10 @@ struct Cli {
     /// Seconds per soak interval (one line of the results each).
     #[arg(long, default_value_t = 60)]
     soak_interval: u64,
+    /// Connections of the soak's paced load, a pool: each due request goes out on a free
+    /// connection; while none is free it waits, and the wait counts in its latency.
+    #[arg(long, default_value_t = 64)]
+    soak_connections: usize,
 }
 
 /// One measured row.
@@ -280,6 +284,7 @@ fn mixed(facts: &serde_json::Value) -> anyhow::Result<MakeRequest> {
 async fn soak_run(cli: &Cli, config: &Config, dir: &Path, minutes: f64) -> anyhow::Result<()> {
     anyhow::ensure!(minutes > 0.0 && cli.soak_interval > 0, "--soak and --soak-interval must be positive");
     anyhow::ensure!(cli.soak_fraction > 0.0 && cli.soak_fraction <= 1.0, "--soak-fraction must be in (0, 1]");
+    anyhow::ensure!(cli.soak_connections > 0, "--soak-connections must be positive");
     let (facts_path, log) = (dir.join("facts.json"), dir.join("server.log"));
     let mut server = Server::start(cli, config, &facts_path, &log)?;
     let facts = server.facts(&facts_path, &log).await?;
@@ -297,6 +302,7 @@ async fn soak_run(cli: &Cli, config: &Config, dir: &Path, minutes: f64) -> anyho
         target_per_second: peak_per_second * cli.soak_fraction,
         intervals: ((minutes * 60.0) / interval.as_secs_f64()).ceil().max(1.0) as usize,
         interval,
+        connections: cli.soak_connections,
     };
     eprintln!("soak: peak {peak_per_second:.0} req/s, holding {:.0} req/s", plan.target_per_second);
     let (intervals, seconds) = soak::run(addr, server.pid(), make, &plan).await;

@@ -110,6 +110,21 @@ pub fn resident_mb(pid: u32) -> Option<f64> {
     Some(status_value(&status, "VmRSS:")? as f64 / 1024.0)
 }
 
+/// The thread that used the most CPU between two samples, and its share of one core (per
+/// cent) over `elapsed`: a thread near 100 % is a serial bottleneck however idle the machine is.
+pub fn busiest_thread(before: &Sample, after: &Sample, elapsed: std::time::Duration) -> Option<(String, f64)> {
+    let core_ticks = elapsed.as_secs_f64() * TICKS_PER_SECOND;
+    after
+        .threads
+        .iter()
+        .map(|(tid, (name, ticks, _))| {
+            let t0 = before.threads.get(tid).map_or(0, |(_, t, _)| *t);
+            (name, ticks.saturating_sub(t0))
+        })
+        .max_by_key(|(_, used)| *used)
+        .map(|(name, used)| (name.clone(), used as f64 / core_ticks.max(1e-9) * 100.0))
+}
+
 /// What happened between `before` and `after`, per request.
 pub fn per_request(before: &Sample, after: &Sample, requests: usize) -> ServerUse {
     let n = requests.max(1) as f64;
@@ -180,6 +195,8 @@ mod tests {
         assert!(used.cpu_us > 0.0, "{used:?}");
         assert!(!used.by_thread.is_empty());
         assert!(resident_mb(pid).unwrap() > 1.0);
+        let (_, share) = busiest_thread(&before, &after, std::time::Duration::from_secs(1)).unwrap();
+        assert!(share > 0.0, "the spinning thread used no CPU");
     }
 
     #[test]

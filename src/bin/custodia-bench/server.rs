@@ -43,6 +43,12 @@ pub async fn hold(mut config: Config, customers: usize, facts: &Path) -> anyhow:
     config.searches_per_hour = u32::MAX;
     config.search_miss_alarm = u32::MAX;
     let (state, limits) = custodia::app::build(&config).await?;
+    // Prometheus metrics when the configuration asks for them (`metrics_listen`), served as
+    // long as this process: group-commit sizes and commit latency during a soak.
+    let _metrics = match config.metrics_listen {
+        Some(at) => Some(custodia::telemetry::prometheus::serve(at).await?),
+        None => None,
+    };
     let vault = state.vault.clone();
     let started = Instant::now();
     let ids = vault.seed(customers, SEED, "custodia:bench").await?;

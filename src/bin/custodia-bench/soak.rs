@@ -3,9 +3,10 @@
 //! memory written per interval — so that a leak, a slow growth of latency or a throughput
 //! decay shows as a slope.
 //!
-//! The load is paced: each of the workers sends its requests at scheduled times, and a
-//! request's latency is counted from when it was due, not from when it was sent (a server
-//! that stalls cannot hide the wait it caused).
+//! The load is paced: requests are due at evenly spaced times, each taken by whichever of the
+//! connections is free (as from a client's connection pool), and a request's latency is
+//! counted from when it was due, not from when it was sent (a server that stalls cannot hide
+//! the wait it caused).
 //!
 //! Owns: pacing and per-interval figures. Must never: run in the server's process.
 
@@ -16,9 +17,6 @@ use std::time::{Duration, Instant};
 
 use super::driver::{Connection, MakeRequest};
 use super::probe;
-
-/// Workers (connections) of the paced load.
-const WORKERS: usize = 64;
 
 /// One interval's figures.
 #[derive(Clone, Debug, Default)]
@@ -31,6 +29,10 @@ pub struct Interval {
     pub per_second: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// p99 of the server's own answer time (request sent to answer read), without any wait for
+    /// a free connection: when it stays low while `p99_ms` climbs, the backlog is in the
+    /// driver's pool, not in the server.
+    pub service_p99_ms: f64,
     pub cpu_us: f64,
     pub rss_mb: f64,
     /// The load driver's own CPU per request (it shares the machine with the server).
@@ -40,6 +42,8 @@ pub struct Interval {
     /// The server's live threads at the interval's end (each holds a stack and, with glibc, may
     /// hold a malloc arena: a source of resident memory that is not the data's).
     pub threads: usize,
+    /// The server thread that used the most CPU in the interval, with its share of one core.
+    pub busiest: Option<(String, f64)>,
 }
 
 /// Each second of the soak: requests completed in it, and the longest latency among them (µs).
@@ -55,11 +59,15 @@ pub struct Plan {
     pub target_per_second: f64,
     pub intervals: usize,
     pub interval: Duration,
+    /// Connections of the paced load (a pool: each sends one request at a time).
+    pub connections: usize,
 }
 
 struct Bucket {
     /// Latencies of the requests due in this interval.
     latencies: Vec<Duration>,
+    /// Answer times of the same requests, in µs.
+    service_us: Vec<u32>,
     errors: usize,
     /// Requests completed in this interval, whenever they were due: the service rate.
     completed: usize,
@@ -73,34 +81,45 @@ pub async fn run(
     plan: &Plan,
 ) -> (Vec<Interval>, Arc<Vec<Second>>) {
     let buckets: Arc<Vec<Mutex<Bucket>>> = Arc::new(
-        (0..plan.intervals).map(|_| Mutex::new(Bucket { latencies: Vec::new(), errors: 0, completed: 0 })).collect(),
+        (0..plan.intervals)
+            .map(|_| Mutex::new(Bucket { latencies: Vec::new(), service_us: Vec::new(), errors: 0, completed: 0 }))
+            .collect(),
     );
     let start = Instant::now() + Duration::from_millis(100);
     let total = plan.interval * plan.intervals as u32;
     let seconds: Arc<Vec<Second>> = Arc::new((0..total.as_secs() as usize).map(|_| Second::default()).collect());
-    let gap = Duration::from_secs_f64(WORKERS as f64 / plan.target_per_second.max(1.0));
+    // One schedule shared by the connections: whichever is free takes the next due request
+    // (a client's connection pool). A connection held up by a slow answer does not delay the
+    // requests due after it while another is free; when none is, they wait, and the wait counts.
+    let gap = Duration::from_secs_f64(1.0 / plan.target_per_second.max(1.0));
+    let slots = (total.as_secs_f64() / gap.as_secs_f64()).floor() as u64;
+    let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for w in 0..WORKERS {
+    for _ in 0..plan.connections.max(1) {
         let (make, buckets, seconds, interval) = (make.clone(), buckets.clone(), seconds.clone(), plan.interval);
-        // Workers spread evenly over one gap.
-        let offset = gap.mul_f64(w as f64 / WORKERS as f64);
+        let next = next.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = Connection::new(addr);
-            let mut k: u32 = 0;
             loop {
-                let due = start + offset + gap * k;
-                if due >= start + total {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= slots {
                     return;
                 }
+                let due = start + gap.mul_f64(k as f64);
                 tokio::time::sleep_until(due.into()).await;
-                let request = make((k as usize) * WORKERS + w);
+                let request = make(k as usize);
+                let sent = Instant::now();
                 let outcome = conn.send(&request).await;
+                let service = sent.elapsed();
                 let latency = due.elapsed();
                 let index = ((due - start).as_secs_f64() / interval.as_secs_f64()) as usize;
                 if let Some(bucket) = buckets.get(index) {
                     let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
                     match outcome {
-                        Ok(200 | 201) => b.latencies.push(latency),
+                        Ok(200 | 201) => {
+                            b.latencies.push(latency);
+                            b.service_us.push(u32::try_from(service.as_micros()).unwrap_or(u32::MAX));
+                        }
                         _ => b.errors += 1,
                     }
                 }
@@ -113,7 +132,6 @@ pub async fn run(
                     second.completed.fetch_add(1, Ordering::Relaxed);
                     second.max_latency_us.fetch_max(latency.as_micros() as u64, Ordering::Relaxed);
                 }
-                k += 1;
             }
         }));
     }
@@ -142,6 +160,7 @@ pub async fn run(
     for (i, bucket) in buckets.iter().enumerate() {
         let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
         b.latencies.sort();
+        b.service_us.sort_unstable();
         let n = b.latencies.len();
         let pick = |p: f64| {
             if n == 0 {
@@ -150,6 +169,8 @@ pub async fn run(
                 b.latencies[(((n - 1) as f64) * p).round() as usize].as_secs_f64() * 1000.0
             }
         };
+        let service_p99_ms =
+            if n == 0 { 0.0 } else { f64::from(b.service_us[((n - 1) as f64 * 0.99).round() as usize]) / 1000.0 };
         let cpu = |samples: &[Option<probe::Sample>]| match (&samples[i], &samples[i + 1]) {
             (Some(a), Some(z)) => probe::per_request(a, z, b.completed).cpu_us,
             _ => 0.0,
@@ -165,11 +186,16 @@ pub async fn run(
             per_second: b.completed as f64 / plan.interval.as_secs_f64(),
             p50_ms: pick(0.5),
             p99_ms: pick(0.99),
+            service_p99_ms,
             cpu_us: cpu(&samples),
             rss_mb: memory.get(i).copied().unwrap_or(0.0),
             driver_cpu_us: cpu(&driver_samples),
             idle_per_cent,
             threads: samples[i + 1].as_ref().map_or(0, probe::Sample::threads),
+            busiest: match (&samples[i], &samples[i + 1]) {
+                (Some(a), Some(z)) => probe::busiest_thread(a, z, plan.interval),
+                _ => None,
+            },
         });
     }
     (out, seconds)
@@ -220,29 +246,34 @@ pub fn report(peak: f64, plan: &Plan, intervals: &[Interval], header: &str) -> S
     let _ = writeln!(
         out,
         "Peak (mixed load, 64 connections, closed loop): {peak:.0} req/s; soak target {:.0} req/s ({:.0} % of peak), \
-         {} intervals of {} s, {WORKERS} paced connections; latency counted from each request's due time.\n",
+         {} intervals of {} s, {} paced connections; latency counted from each request's due time (\"service\": \
+         from when it was sent).\n",
         plan.target_per_second,
         plan.target_per_second / peak.max(1e-9) * 100.0,
         plan.intervals,
-        plan.interval.as_secs()
+        plan.interval.as_secs(),
+        plan.connections
     );
     out.push_str(
-        "| interval | requests due | req/s completed | errors | p50 ms | p99 ms | server CPU µs/req | RSS MB \
-         | server threads | driver CPU µs/req | machine idle % |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| interval | requests due | req/s completed | errors | p50 ms | p99 ms | service p99 ms | server CPU µs/req \
+         | RSS MB | server threads | busiest thread (% of a core) | driver CPU µs/req | machine idle % |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|---:|---:|\n",
     );
     for i in intervals {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {:.1} | {:.1} |",
+            "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} |",
             i.index,
             i.requests,
             i.per_second,
             i.errors,
             i.p50_ms,
             i.p99_ms,
+            i.service_p99_ms,
             i.cpu_us,
             i.rss_mb,
             i.threads,
+            i.busiest.as_ref().map_or_else(|| "-".to_owned(), |(name, share)| format!("{name} ({share:.0})")),
             i.driver_cpu_us,
             i.idle_per_cent
         );
@@ -265,4 +296,45 @@ pub fn report(peak: f64, plan: &Plan, intervals: &[Interval], header: &str) -> S
         verdict(rss)
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interval(index: usize, per_second: f64, p99_ms: f64) -> Interval {
+        Interval {
+            index,
+            requests: 100,
+            per_second,
+            p99_ms,
+            service_p99_ms: 1.0,
+            rss_mb: 50.0,
+            busiest: Some(("audit-writer".into(), 42.0)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_report_judges_from_the_second_interval_on() {
+        let plan = Plan { target_per_second: 100.0, intervals: 3, interval: Duration::from_secs(60), connections: 8 };
+        // The first interval (warm-up) is far off and ignored; the p99 of the third is not.
+        let text =
+            report(125.0, &plan, &[interval(1, 10.0, 2.0), interval(2, 100.0, 2.0), interval(3, 101.0, 5.0)], "h");
+        assert!(text.contains("throughput 0.5 % (flat within 10 %)"), "{text}");
+        assert!(text.contains("p99 42.9 % (NOT flat within 10 %)"), "{text}");
+        assert!(text.contains("8 paced connections"), "{text}");
+        let row = text.lines().find(|l| l.starts_with("| 2 |")).unwrap_or_default();
+        assert_eq!(row.matches('|').count(), 14, "{row}");
+        assert!(row.contains("audit-writer (42)"), "{row}");
+    }
+
+    #[test]
+    fn stalled_seconds_are_counted_in_runs() {
+        let seconds: Vec<Second> = [100, 10, 10, 100, 10]
+            .iter()
+            .map(|&n| Second { completed: AtomicU64::new(n), ..Default::default() })
+            .collect();
+        assert_eq!(stalls(&seconds, 100.0), (3, 2));
+    }
 }
