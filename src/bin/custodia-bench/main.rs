@@ -294,7 +294,7 @@ async fn soak_run(cli: &Cli, config: &Config, dir: &Path, minutes: f64) -> anyho
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("facts: no base address"))?;
     let make = mixed(&facts)?;
-    let peak = drive("mixed", addr, 64, cli.seconds.max(5.0), make.clone(), 200).await;
+    let peak = drive("mixed", addr, soak::PEAK_CONNECTIONS, cli.seconds.max(5.0), make.clone(), 200).await;
     // drive counts only the expected status as a success: creates (201) count as errors there.
     let peak_per_second = (peak.requests + peak.errors) as f64 / cli.seconds.max(5.0);
     let interval = Duration::from_secs(cli.soak_interval);

@@ -114,15 +114,18 @@ pub fn resident_mb(pid: u32) -> Option<f64> {
 /// cent) over `elapsed`: a thread near 100 % is a serial bottleneck however idle the machine is.
 pub fn busiest_thread(before: &Sample, after: &Sample, elapsed: std::time::Duration) -> Option<(String, f64)> {
     let core_ticks = elapsed.as_secs_f64() * TICKS_PER_SECOND;
-    after
-        .threads
-        .iter()
-        .map(|(tid, (name, ticks, _))| {
-            let t0 = before.threads.get(tid).map_or(0, |(_, t, _)| *t);
-            (name, ticks.saturating_sub(t0))
-        })
-        .max_by_key(|(_, used)| *used)
-        .map(|(name, used)| (name.clone(), used as f64 / core_ticks.max(1e-9) * 100.0))
+    thread_use(before, after)
+        .max_by_key(|(_, used, _)| *used)
+        .map(|(name, used, _)| (name.to_owned(), used as f64 / core_ticks.max(1e-9) * 100.0))
+}
+
+/// Each thread live at `after`: its group name, and the CPU ticks and context switches it used
+/// since `before` (all of them if it started since).
+fn thread_use<'a>(before: &'a Sample, after: &'a Sample) -> impl Iterator<Item = (&'a str, u64, u64)> + 'a {
+    after.threads.iter().map(|(tid, (name, ticks, switches))| {
+        let (t0, s0) = before.threads.get(tid).map_or((0, 0), |(_, t, s)| (*t, *s));
+        (name.as_str(), ticks.saturating_sub(t0), switches.saturating_sub(s0))
+    })
 }
 
 /// What happened between `before` and `after`, per request.
@@ -131,10 +134,9 @@ pub fn per_request(before: &Sample, after: &Sample, requests: usize) -> ServerUs
     let us = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / n;
     let mut groups: BTreeMap<String, u64> = BTreeMap::new();
     let mut switches = 0;
-    for (tid, (name, ticks, sw)) in &after.threads {
-        let (t0, s0) = before.threads.get(tid).map_or((0, 0), |(_, t, s)| (*t, *s));
-        *groups.entry(name.clone()).or_default() += ticks.saturating_sub(t0);
-        switches += sw.saturating_sub(s0);
+    for (name, ticks, sw) in thread_use(before, after) {
+        *groups.entry(name.to_owned()).or_default() += ticks;
+        switches += sw;
     }
     let total = after.process_ticks.saturating_sub(before.process_ticks);
     let seen: u64 = groups.values().sum();

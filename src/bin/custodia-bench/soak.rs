@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use super::driver::{Connection, MakeRequest};
 use super::probe;
 
+/// Connections of the closed-loop load whose peak the soak's target is a share of.
+pub const PEAK_CONNECTIONS: usize = 64;
+
 /// One interval's figures.
 #[derive(Clone, Debug, Default)]
 pub struct Interval {
@@ -162,15 +165,10 @@ pub async fn run(
         b.latencies.sort();
         b.service_us.sort_unstable();
         let n = b.latencies.len();
-        let pick = |p: f64| {
-            if n == 0 {
-                0.0
-            } else {
-                b.latencies[(((n - 1) as f64) * p).round() as usize].as_secs_f64() * 1000.0
-            }
-        };
-        let service_p99_ms =
-            if n == 0 { 0.0 } else { f64::from(b.service_us[((n - 1) as f64 * 0.99).round() as usize]) / 1000.0 };
+        // The rank of quantile `p` among the `n` sorted figures (both lists have one per request).
+        let rank = |p: f64| (((n - 1) as f64) * p).round() as usize;
+        let pick = |p: f64| if n == 0 { 0.0 } else { b.latencies[rank(p)].as_secs_f64() * 1000.0 };
+        let service_p99_ms = if n == 0 { 0.0 } else { f64::from(b.service_us[rank(0.99)]) / 1000.0 };
         let cpu = |samples: &[Option<probe::Sample>]| match (&samples[i], &samples[i + 1]) {
             (Some(a), Some(z)) => probe::per_request(a, z, b.completed).cpu_us,
             _ => 0.0,
@@ -245,7 +243,7 @@ pub fn report(peak: f64, plan: &Plan, intervals: &[Interval], header: &str) -> S
     let _ = writeln!(out, "{header}");
     let _ = writeln!(
         out,
-        "Peak (mixed load, 64 connections, closed loop): {peak:.0} req/s; soak target {:.0} req/s ({:.0} % of peak), \
+        "Peak (mixed load, {PEAK_CONNECTIONS} connections, closed loop): {peak:.0} req/s; soak target {:.0} req/s ({:.0} % of peak), \
          {} intervals of {} s, {} paced connections; latency counted from each request's due time (\"service\": \
          from when it was sent).\n",
         plan.target_per_second,
