@@ -21,6 +21,16 @@ use super::probe;
 /// Connections of the closed-loop load whose peak the soak's target is a share of.
 pub const PEAK_CONNECTIONS: usize = 64;
 
+/// The closed-loop peak the soak's target is a share of.
+#[derive(Clone, Copy, Debug)]
+pub struct Peak {
+    /// Requests answered per second over the whole measurement.
+    pub per_second: f64,
+    /// How long it was measured: long enough to include the database's steady-state costs
+    /// (WAL checkpoints, B-tree growth), which a few seconds on a fresh database do not.
+    pub seconds: f64,
+}
+
 /// One interval's figures.
 #[derive(Clone, Debug, Default)]
 pub struct Interval {
@@ -238,16 +248,18 @@ fn spread(values: impl Iterator<Item = f64> + Clone) -> f64 {
 }
 
 /// The results file: the plan, a line per interval and the flatness verdicts.
-pub fn report(peak: f64, plan: &Plan, intervals: &[Interval], header: &str) -> String {
+pub fn report(peak: &Peak, plan: &Plan, intervals: &[Interval], header: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{header}");
     let _ = writeln!(
         out,
-        "Peak (mixed load, {PEAK_CONNECTIONS} connections, closed loop): {peak:.0} req/s; soak target {:.0} req/s ({:.0} % of peak), \
+        "Peak (mixed load, {PEAK_CONNECTIONS} connections, closed loop, measured over {:.0} s): {:.0} req/s; soak target {:.0} req/s ({:.0} % of peak), \
          {} intervals of {} s, {} paced connections; latency counted from each request's due time (\"service\": \
          from when it was sent).\n",
+        peak.seconds,
+        peak.per_second,
         plan.target_per_second,
-        plan.target_per_second / peak.max(1e-9) * 100.0,
+        plan.target_per_second / peak.per_second.max(1e-9) * 100.0,
         plan.intervals,
         plan.interval.as_secs(),
         plan.connections
@@ -317,8 +329,12 @@ mod tests {
     fn the_report_judges_from_the_second_interval_on() {
         let plan = Plan { target_per_second: 100.0, intervals: 3, interval: Duration::from_secs(60), connections: 8 };
         // The first interval (warm-up) is far off and ignored; the p99 of the third is not.
-        let text =
-            report(125.0, &plan, &[interval(1, 10.0, 2.0), interval(2, 100.0, 2.0), interval(3, 101.0, 5.0)], "h");
+        let text = report(
+            &Peak { per_second: 125.0, seconds: 60.0 },
+            &plan,
+            &[interval(1, 10.0, 2.0), interval(2, 100.0, 2.0), interval(3, 101.0, 5.0)],
+            "h",
+        );
         assert!(text.contains("throughput 0.5 % (flat within 10 %)"), "{text}");
         assert!(text.contains("p99 42.9 % (NOT flat within 10 %)"), "{text}");
         assert!(text.contains("8 paced connections"), "{text}");
