@@ -338,6 +338,7 @@ mod tests {
         assert!(text.contains("throughput 0.5 % (flat within 10 %)"), "{text}");
         assert!(text.contains("p99 42.9 % (NOT flat within 10 %)"), "{text}");
         assert!(text.contains("8 paced connections"), "{text}");
+        assert!(text.contains("measured over 60 s): 125 req/s; soak target 100 req/s (80 % of peak)"), "{text}");
         let row = text.lines().find(|l| l.starts_with("| 2 |")).unwrap_or_default();
         assert_eq!(row.matches('|').count(), 14, "{row}");
         assert!(row.contains("audit-writer (42)"), "{row}");
