@@ -33,7 +33,7 @@ pub struct VerifyReport {
     pub elapsed_ms: u64,
 }
 
-/// The first event of `page` whose links (the `audit_event_customers` rows behind access logs
+/// The first event of `page` whose links in one copy (the rows behind access logs
 /// and `?customer=` searches, sorted by sequence number) differ from the customer ids its
 /// chained text names. A link to a sequence number the page does not hold counts against the
 /// next event (pages are contiguous once the chain check passed).
@@ -60,6 +60,23 @@ fn first_bad_link(page: &[super::StoredEvent], links: &[(i64, uuid::Uuid)]) -> O
         }
     }
     None
+}
+
+/// The first event of `page` that any copy of its links gets wrong, each copy checked for the
+/// events it claims to hold (up to its `through`).
+fn first_bad_link_of_any(
+    page: &[super::StoredEvent],
+    copies: Vec<crate::store::AuditLinks>,
+) -> Option<(i64, &'static str)> {
+    copies
+        .into_iter()
+        .filter_map(|copy| {
+            let held = page.partition_point(|ev| ev.seq <= copy.through);
+            let links: Vec<(i64, uuid::Uuid)> =
+                copy.links.into_iter().filter(|(seq, _)| *seq <= copy.through).collect();
+            first_bad_link(&page[..held], &links).map(|seq| (seq, copy.copy))
+        })
+        .min()
 }
 
 /// Verifies the whole audit. The next pages are fetched and decoded on other tasks (and
@@ -99,7 +116,9 @@ pub async fn verify(store: &Arc<dyn Store>, verifier: &CheckpointVerifier) -> Re
                 .map(|ev| chain::leaf(&chain::canonical(ev.seq, &ev.event, &ev.customer_ids_text, &ev.fields_text)))
                 .collect();
             let bad_link = match (page.first(), page.last()) {
-                (Some(first), Some(last)) => first_bad_link(&page, &store.audit_links(first.seq, last.seq).await?),
+                (Some(first), Some(last)) => {
+                    first_bad_link_of_any(&page, store.audit_links(first.seq, last.seq).await?)
+                }
                 _ => None,
             };
             Ok::<_, StoreError>((page, leaves, bad_link))
@@ -133,14 +152,11 @@ pub async fn verify(store: &Arc<dyn Store>, verifier: &CheckpointVerifier) -> Re
                 );
                 break 'pages;
             }
-            if bad_link == Some(ev.seq) {
+            if let Some((_, copy)) = bad_link.filter(|(seq, _)| *seq == ev.seq) {
                 fail(
                     &mut report,
                     ev.seq,
-                    format!(
-                        "the access-log links of event {} do not match its chained customer ids (pruned or forged)",
-                        ev.seq
-                    ),
+                    format!("the {copy} of event {} do not match its chained customer ids (pruned or forged)", ev.seq),
                 );
                 break 'pages;
             }

@@ -214,7 +214,7 @@ impl Store for Breaker {
     async fn replace_index(&self, id: Uuid, version: i64, entries: &[IndexEntry]) -> Result<bool, StoreError> {
         self.call(self.inner.replace_index(id, version, entries)).await
     }
-    async fn audit_links(&self, from_seq: i64, to_seq: i64) -> Result<Vec<(i64, Uuid)>, StoreError> {
+    async fn audit_links(&self, from_seq: i64, to_seq: i64) -> Result<Vec<super::AuditLinks>, StoreError> {
         self.call(self.inner.audit_links(from_seq, to_seq)).await
     }
     async fn charge_budget(

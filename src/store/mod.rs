@@ -238,6 +238,19 @@ pub struct AuditHead {
     pub chain_hash: Vec<u8>,
 }
 
+/// One copy of the event-to-customer links that answers access reports and `?customer=`
+/// searches, for a range of events. Verification checks every copy against the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditLinks {
+    /// What the copy is, for the verification report.
+    pub copy: &'static str,
+    /// The copy claims to be complete for events up to this sequence number (a copy filled
+    /// behind the writer lags; events after it are answered from another copy).
+    pub through: i64,
+    /// `(seq, customer)` pairs, ordered by sequence number then customer.
+    pub links: Vec<(i64, Uuid)>,
+}
+
 /// A search of the audit.
 #[derive(Clone, Debug, Default)]
 pub struct AuditQuery {
@@ -447,8 +460,9 @@ pub trait Store: Send + Sync + 'static {
     /// otherwise: an update in between wrote entries of its own).
     async fn replace_index(&self, id: Uuid, version: i64, entries: &[IndexEntry]) -> Result<bool, StoreError>;
 
-    /// The event-to-customer links of events `from_seq..=to_seq`, by sequence number.
-    async fn audit_links(&self, from_seq: i64, to_seq: i64) -> Result<Vec<(i64, Uuid)>, StoreError>;
+    /// The event-to-customer links of events `from_seq..=to_seq`, by sequence number, from each
+    /// copy the store answers access reports from.
+    async fn audit_links(&self, from_seq: i64, to_seq: i64) -> Result<Vec<AuditLinks>, StoreError>;
     /// Adds `amount` to a principal's budget counter for minute `bucket` and returns the
     /// total of the buckets after `after_bucket`, this charge included.
     async fn charge_budget(

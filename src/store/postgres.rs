@@ -897,7 +897,7 @@ impl crate::store::Store for PgStore {
         &self,
         from_seq: i64,
         to_seq: i64,
-    ) -> Result<Vec<(i64, uuid::Uuid)>, crate::store::StoreError> {
+    ) -> Result<Vec<crate::store::AuditLinks>, crate::store::StoreError> {
         use sqlx::Row;
         let mut conn = self.read.acquire().await.map_err(crate::store::StoreError::Unavailable)?;
         let rows = sqlx::query("SELECT seq, customer_id FROM audit_event_customers WHERE seq >= $1 AND seq <= $2 ORDER BY seq, customer_id")
@@ -905,7 +905,9 @@ impl crate::store::Store for PgStore {
             .bind(to_seq)
             .fetch_all(&mut *conn)
             .await?;
-        Ok(rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<Vec<_>, sqlx::Error>>()?)
+        let links = rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<Vec<_>, sqlx::Error>>()?;
+        // One copy, written with the events: complete for every event.
+        Ok(vec![crate::store::AuditLinks { copy: "access-log links", through: i64::MAX, links }])
     }
 
     async fn charge_budget(

@@ -299,6 +299,76 @@ async fn tampering_is_named_postgres() {
     tampering(|| Box::pin(Db::postgres())).await;
 }
 
+/// Waits until SQLite's customer index of the access log holds every link written so far.
+async fn customer_index_caught_up(h: &Harness) {
+    for _ in 0..100 {
+        let through = h.scalar("SELECT through FROM audit_customer_index_state").await;
+        if through >= h.scalar("SELECT coalesce(max(seq), 0) FROM audit_event_customers").await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the customer index did not catch up within 10 s");
+}
+
+/// SQLite indexes the access log by customer behind its writer (migration 0010). A customer's
+/// events are listed the same before and after the index caught up, and the index is checked
+/// against the chain like the links written with the events: drop the second copy returned by
+/// `SqliteStore::audit_links` and the two tamperings below verify as ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_customer_index_lists_and_verifies_like_the_links_sqlite() {
+    let h = with_traffic(Db::sqlite()).await;
+    let id = h.create(individual("3201")).await;
+    let events = || async {
+        let r =
+            h.client.get(h.url(&format!("/v1/audit/events?customer={id}"))).bearer_auth(mint(SO)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let page: Value = r.json().await.unwrap();
+        page["items"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect::<Vec<_>>()
+    };
+    for n in 1..=3 {
+        assert_eq!(h.get(&format!("/v1/customers/{id}"), ALICE).send().await.unwrap().status(), 200);
+        // Listed at once, indexed or not: the create and every read so far.
+        assert_eq!(events().await.len(), 1 + n);
+    }
+    let listed = events().await;
+    customer_index_caught_up(&h).await;
+    assert_eq!(events().await, listed);
+    let indexed =
+        h.scalar(&format!("SELECT count(*) FROM audit_customer_index WHERE customer_id = X'{}'", id.simple())).await;
+    assert_eq!(indexed, 4);
+    // One more read: two copies answer one list.
+    assert_eq!(h.get(&format!("/v1/customers/{id}"), ALICE).send().await.unwrap().status(), 200);
+    let mut expected = listed.clone();
+    expected.push(*events().await.last().unwrap());
+    assert_eq!(events().await, expected);
+    let report = verify(&h).await;
+    assert_eq!(report["ok"], true, "{report}");
+
+    // seq 6 is the first read of `with_traffic`, seq 8 the second (of another customer).
+    type Case = (&'static str, &'static str, i64);
+    let cases: [Case; 2] = [
+        ("prune the customer index", "DELETE FROM audit_customer_index WHERE seq = 6", 6),
+        (
+            "forge a link in the customer index",
+            "INSERT INTO audit_customer_index (customer_id, seq) SELECT customer_id, 8 FROM audit_customer_index WHERE seq = 6",
+            8,
+        ),
+    ];
+    for (name, statement, first_bad) in cases {
+        let h = with_traffic(Db::sqlite()).await;
+        customer_index_caught_up(&h).await;
+        h.sql_as_owner(&[statement]).await;
+        let report = verify(&h).await;
+        assert_eq!(report["ok"], false, "{name}: {report}");
+        assert_eq!(report["first_bad_seq"], first_bad, "{name}: {report}");
+        assert!(report["problem"].as_str().unwrap().contains("customer index"), "{name}: {report}");
+        let (ok, out) = cli_verify(&h);
+        assert!(!ok, "{name}: CLI accepted a tampered index");
+        assert!(out.contains(&format!("first bad sequence number {first_bad}")), "{name}: {out}");
+    }
+}
+
 /// Makes every audit insert fail, as a full disk or a broken audit table would.
 async fn break_audit(h: &Harness) {
     match &h.db {

@@ -350,6 +350,10 @@ impl Harness {
                     "audit_checkpoints_no_delete",
                     "audit_event_customers_no_update",
                     "audit_event_customers_no_delete",
+                    "audit_customer_index_no_update",
+                    "audit_customer_index_no_delete",
+                    "audit_customer_index_state_forward",
+                    "audit_customer_index_state_no_delete",
                 ]
                 .iter()
                 .map(|t| format!("DROP TRIGGER IF EXISTS {t}"))
