@@ -616,13 +616,12 @@ impl Store for SqliteStore {
             q.push(" AND principal = ").bind(p.clone());
         }
         if let Some(customer) = query.customer {
-            let (index, newer, end) = links::CUSTOMER_EVENTS;
+            let (index, newer) = links::CUSTOMER_EVENTS;
             q.push(" AND seq IN (")
                 .push(index)
                 .bind(uuid_value(&customer))
                 .push(newer)
                 .bind(uuid_value(&customer))
-                .push(end)
                 .push(")");
         }
         if let Some(a) = &query.action {
