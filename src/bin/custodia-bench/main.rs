@@ -73,6 +73,10 @@ struct Cli {
     /// The soak's share of the measured peak.
     #[arg(long, default_value_t = 0.8)]
     soak_fraction: f64,
+    /// Hold this many requests per second instead of `--soak-fraction` of the peak (the peak
+    /// is still measured and reported): to compare two builds at one rate.
+    #[arg(long, value_name = "REQ_PER_S")]
+    soak_rate: Option<f64>,
     /// Seconds over which the soak measures its peak. A few seconds on a fresh database
     /// overstate what it sustains (no checkpoint, small B-trees yet): a target taken from
     /// them can exceed the sustainable rate, and a paced load above it only builds a backlog.
@@ -293,6 +297,7 @@ async fn soak_run(cli: &Cli, config: &Config, dir: &Path, minutes: f64) -> anyho
     anyhow::ensure!(minutes > 0.0 && cli.soak_interval > 0, "--soak and --soak-interval must be positive");
     anyhow::ensure!(cli.soak_fraction > 0.0 && cli.soak_fraction <= 1.0, "--soak-fraction must be in (0, 1]");
     anyhow::ensure!(cli.soak_connections > 0, "--soak-connections must be positive");
+    anyhow::ensure!(cli.soak_rate.is_none_or(|r| r >= 1.0), "--soak-rate must be at least 1 request per second");
     anyhow::ensure!(cli.soak_peak_seconds >= 1.0, "--soak-peak-seconds must be at least 1");
     let (facts_path, log) = (dir.join("facts.json"), dir.join("server.log"));
     let mut server = Server::start(cli, config, &facts_path, &log)?;
@@ -312,7 +317,7 @@ async fn soak_run(cli: &Cli, config: &Config, dir: &Path, minutes: f64) -> anyho
     };
     let interval = Duration::from_secs(cli.soak_interval);
     let plan = soak::Plan {
-        target_per_second: peak.per_second * cli.soak_fraction,
+        target_per_second: cli.soak_rate.unwrap_or(peak.per_second * cli.soak_fraction),
         intervals: ((minutes * 60.0) / interval.as_secs_f64()).ceil().max(1.0) as usize,
         interval,
         connections: cli.soak_connections,
