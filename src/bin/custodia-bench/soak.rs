@@ -247,6 +247,26 @@ fn spread(values: impl Iterator<Item = f64> + Clone) -> f64 {
     values.map(|v| ((v - mean) / mean.max(1e-9)).abs() * 100.0).fold(0.0, f64::max)
 }
 
+/// The change over the run along a robust line (Theil–Sen: the median of the slopes between
+/// every two intervals), from the first interval to the last, in per cent of the median. A
+/// leak or a slow growth shows here; a single slow minute does not move it (the verdict of
+/// [`spread`] is the one that catches those).
+fn trend(values: &[f64]) -> f64 {
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    let slopes: Vec<f64> = (0..values.len())
+        .flat_map(|i| (i + 1..values.len()).map(move |j| (values[j] - values[i]) / (j - i) as f64))
+        .collect();
+    let level = median(values.to_vec());
+    median(slopes) * values.len().saturating_sub(1) as f64 / level.max(1e-9) * 100.0
+}
+
 /// The results file: the plan, a line per interval and the flatness verdicts.
 pub fn report(peak: &Peak, plan: &Plan, intervals: &[Interval], header: &str) -> String {
     let mut out = String::new();
@@ -305,6 +325,16 @@ pub fn report(peak: &Peak, plan: &Plan, intervals: &[Interval], header: &str) ->
         verdict(p99),
         verdict(rss)
     );
+    let series = |f: fn(&Interval) -> f64| steady.iter().map(f).collect::<Vec<_>>();
+    let _ = writeln!(
+        out,
+        "Trend from interval 2 to the last (robust line, change in per cent of the median; a slope, not the verdict): \
+         throughput {:+.1} %, p99 {:+.1} %, resident memory {:+.1} %, server CPU per request {:+.1} %.",
+        trend(&series(|i| i.per_second)),
+        trend(&series(|i| i.p99_ms)),
+        trend(&series(|i| i.rss_mb)),
+        trend(&series(|i| i.cpu_us)),
+    );
     out
 }
 
@@ -342,6 +372,18 @@ mod tests {
         let row = text.lines().find(|l| l.starts_with("| 2 |")).unwrap_or_default();
         assert_eq!(row.matches('|').count(), 14, "{row}");
         assert!(row.contains("audit-writer (42)"), "{row}");
+    }
+
+    /// A single spike does not move the trend; a steady climb does, by its size.
+    #[test]
+    fn the_trend_ignores_a_spike_and_measures_a_climb() {
+        let mut flat = vec![20.0; 29];
+        flat[3] = 45.0;
+        assert!(trend(&flat).abs() < 1e-9, "{}", trend(&flat));
+        let climb: Vec<f64> = (0..29).map(|i| 58.0 + 0.25 * f64::from(i)).collect();
+        // 7 MB over the run against a median of 61.5 MB.
+        assert!((trend(&climb) - 7.0 / 61.5 * 100.0).abs() < 1e-6, "{}", trend(&climb));
+        assert_eq!(trend(&[]), 0.0);
     }
 
     #[test]

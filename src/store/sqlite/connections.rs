@@ -5,6 +5,7 @@
 //! never: run a statement on an async worker thread.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -82,11 +83,34 @@ pub(super) struct Writer {
     conn: Mutex<Option<Connection>>,
     permit: Arc<Semaphore>,
     wait: Duration,
+    /// Writes waiting for the turn, but for background ones ([`Writer::write_behind`]), which
+    /// check it to end their turn early (see `links.rs`).
+    waiting: AtomicUsize,
+}
+
+/// Counts one write as waiting while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Writer {
     pub(super) fn new(path: PathBuf, conn: Connection, wait: Duration) -> Self {
-        Writer { path, conn: Mutex::new(Some(conn)), permit: Arc::new(Semaphore::new(1)), wait }
+        Writer {
+            path,
+            conn: Mutex::new(Some(conn)),
+            permit: Arc::new(Semaphore::new(1)),
+            wait,
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether a write other than a background one is waiting for the turn now.
+    pub(super) fn is_awaited(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
     /// Runs `f` in one `IMMEDIATE` transaction, committed if `f` succeeds, rolled back
@@ -96,7 +120,7 @@ impl Writer {
         self: &Arc<Self>,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.write_with(Sync::Full, f).await
+        self.write_with(Sync::Full, true, f).await
     }
 
     /// Like [`Writer::write`], but the commit does not wait for the disk (`synchronous =
@@ -109,15 +133,32 @@ impl Writer {
         self: &Arc<Self>,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.write_with(Sync::Deferred, f).await
+        self.write_with(Sync::Deferred, true, f).await
     }
 
+    /// Like [`Writer::write_unsynced`], for background work that can wait: it is not counted
+    /// by [`Writer::is_awaited`], which it should check to end its turn early.
+    pub(super) async fn write_behind<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.write_with(Sync::Deferred, false, f).await
+    }
+
+    /// `counted`: whether the write shows in [`Writer::is_awaited`] while it waits.
     async fn write_with<R: Send + 'static>(
         self: &Arc<Self>,
         sync: Sync,
+        counted: bool,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let held = turn(&self.permit, self.wait).await?;
+        let held = if counted {
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            let _waiting = Waiting(&self.waiting);
+            turn(&self.permit, self.wait).await?
+        } else {
+            turn(&self.permit, self.wait).await?
+        };
         let writer = self.clone();
         off_runtime(move || {
             let written = writer.transaction(sync, f);

@@ -28,9 +28,13 @@ use crate::store::StoreError;
 /// How often the task looks for links to index. Queries scan at most the links written since
 /// (by sequence number, a range of `audit_event_customers`' key).
 const EVERY: Duration = Duration::from_millis(500);
-/// Links per turn at most (an event's links are never split between turns). Small enough that
-/// a turn holds the writer for a few milliseconds.
+/// Links per turn at most (an event's links are never split between turns).
 const LINKS_PER_TURN: i64 = 2048;
+/// Links per step of a turn: between steps, a turn ends early when another write is waiting for
+/// the writer (an audit commit, which requests wait for), so it delays that write by one step
+/// (well under a millisecond of page changes), not by a whole turn. The turn's commit still
+/// writes its pages, and the next synced commit syncs them.
+const LINKS_PER_STEP: i64 = 256;
 
 /// The sequence numbers of a customer's events: the customer is bound after each part.
 /// One statement: the index, its mark and the newer links come from one snapshot.
@@ -80,20 +84,36 @@ pub(super) fn spawn(writer: Weak<Writer>, readers: Weak<Readers>) {
 pub(super) async fn catch_up(writer: &Arc<Writer>, readers: &Arc<Readers>) -> Result<(), StoreError> {
     // Asked of a reader first: an idle store never takes the writer's turn.
     while readers.read(|c| Ok(c.query_row(PENDING, [], |r| r.get::<_, bool>(0))?)).await? {
-        writer.write_unsynced(turn).await?;
+        let awaited = writer.clone();
+        // A turn that ended early queues again at once, behind the writes waiting then (the
+        // turn is first come, first served): pausing here instead let the links fall behind
+        // and doubled the median wait (docs/PERFORMANCE.md, 2026-12-05 evening).
+        writer.write_behind(move |c| turn(c, &|| awaited.is_awaited())).await?;
     }
     Ok(())
 }
 
-/// One turn: copies the next links in customer order and moves the mark past them.
-fn turn(c: &Connection) -> Result<(), StoreError> {
-    let through: i64 = c.query_row(THROUGH, [], |r| r.get(0))?;
-    let end: Option<i64> = c.query_row(TURN_END, (through, LINKS_PER_TURN - 1), |r| r.get(0))?;
-    if let Some(end) = end {
+/// One turn: copies the next links in customer order, a step at a time until `awaited` says
+/// that another write waits (or `LINKS_PER_TURN` are copied), and moves the mark past them.
+/// Returns the steps taken, and whether it ended early for another write.
+fn turn(c: &Connection, awaited: &dyn Fn() -> bool) -> Result<(usize, bool), StoreError> {
+    let start: i64 = c.query_row(THROUGH, [], |r| r.get(0))?;
+    let (mut through, mut steps, mut yielded) = (start, 0, false);
+    while steps < (LINKS_PER_TURN / LINKS_PER_STEP) as usize {
+        let Some(end) = c.query_row(TURN_END, (through, LINKS_PER_STEP - 1), |r| r.get::<_, Option<i64>>(0))? else {
+            break;
+        };
         c.prepare_cached(COPY)?.execute((through, end))?;
-        c.prepare_cached(MOVE_MARK)?.execute([end])?;
+        (through, steps) = (end, steps + 1);
+        if awaited() {
+            yielded = true;
+            break;
+        }
     }
-    Ok(())
+    if through > start {
+        c.prepare_cached(MOVE_MARK)?.execute([through])?;
+    }
+    Ok((steps, yielded))
 }
 
 #[cfg(test)]
@@ -133,7 +153,9 @@ mod tests {
         assert_eq!(plan(&c, LINKS_BY_SEQ), ["SEARCH audit_event_customers USING PRIMARY KEY (seq>? AND seq<?)"]);
     }
 
-    /// Turns copy every link exactly once, in order, and the mark ends on the last link's event.
+    /// Turns copy every link exactly once, in order, and the mark ends on the last link's event;
+    /// a turn ends after one step when another write waits for the writer (fails when `turn`
+    /// stops checking `awaited`).
     #[test]
     fn turns_index_every_link_and_move_the_mark() {
         let (_dir, c) = migrated();
@@ -157,7 +179,21 @@ mod tests {
         let pending = |c: &Connection| c.query_row(PENDING, [], |r| r.get::<_, bool>(0)).unwrap();
         let mut turns = 0;
         while pending(&c) {
-            turn(&c).unwrap();
+            // Every third turn another write waits: that turn ends after its first step.
+            let awaited = turns % 3 == 1;
+            let before: i64 = c.query_row(THROUGH, [], |r| r.get(0)).unwrap();
+            let (steps, yielded) = turn(&c, &|| awaited).unwrap();
+            assert_eq!(yielded, awaited, "turn {turns}");
+            let copied: i64 = c
+                .query_row("SELECT count(*) FROM audit_customer_index WHERE seq > ?1", [before], |r| r.get(0))
+                .unwrap();
+            if awaited {
+                assert_eq!(steps, 1, "turn {turns}");
+                // A step ends on an event's last link: at most one event's links over.
+                assert!(copied > 0 && copied <= LINKS_PER_STEP + 1, "turn {turns}: {copied}");
+            } else {
+                assert!(copied <= LINKS_PER_TURN + LINKS_PER_TURN / LINKS_PER_STEP, "turn {turns}: {copied}");
+            }
             turns += 1;
             let through: i64 = c.query_row(THROUGH, [], |r| r.get(0)).unwrap();
             let indexed: i64 = c
@@ -169,6 +205,8 @@ mod tests {
             assert_eq!(indexed, written, "turn {turns}");
         }
         assert!(turns >= n / LINKS_PER_TURN as usize, "{turns} turns for {n} links");
+        // A turn with nothing to copy takes no step and leaves the mark.
+        assert_eq!(turn(&c, &|| true).unwrap(), (0, false));
         let through: i64 = c.query_row(THROUGH, [], |r| r.get(0)).unwrap();
         assert_eq!(through, 5000);
         let total: i64 = c.query_row("SELECT count(*) FROM audit_customer_index", [], |r| r.get(0)).unwrap();
