@@ -32,8 +32,9 @@ const EVERY: Duration = Duration::from_millis(500);
 const LINKS_PER_TURN: i64 = 2048;
 /// Links per step of a turn: between steps, a turn ends early when another write is waiting for
 /// the writer (an audit commit, which requests wait for), so it delays that write by one step
-/// (well under a millisecond of page changes), not by a whole turn. The turn's commit still
-/// writes its pages, and the next synced commit syncs them.
+/// and the turn's commit, not by a whole turn. The next synced commit still syncs the turn's
+/// pages. The step's size was not tuned: 256 took the answer-time p99 down by a third against
+/// whole turns, at ≈ 5 % more CPU per read (docs/PERFORMANCE.md, 2026-12-05 evening).
 const LINKS_PER_STEP: i64 = 256;
 
 /// The sequence numbers of a customer's events: the customer is bound after each part.
@@ -86,8 +87,8 @@ pub(super) async fn catch_up(writer: &Arc<Writer>, readers: &Arc<Readers>) -> Re
     while readers.read(|c| Ok(c.query_row(PENDING, [], |r| r.get::<_, bool>(0))?)).await? {
         let awaited = writer.clone();
         // A turn that ended early queues again at once, behind the writes waiting then (the
-        // turn is first come, first served): pausing here instead let the links fall behind
-        // and doubled the median wait (docs/PERFORMANCE.md, 2026-12-05 evening).
+        // turn is first come, first served). Pausing here for 20 ms instead raised the median
+        // wait further, growing over the run (docs/PERFORMANCE.md, 2026-12-05 evening).
         writer.write_behind(move |c| turn(c, &|| awaited.is_awaited())).await?;
     }
     Ok(())
