@@ -16,7 +16,7 @@ use crate::store::StoreError;
 
 /// How long a statement waits for another process's lock on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the background checkpointer runs.
+/// How often the background checkpointer catches up (see [`catch_up`]).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// WAL pages after which a commit checkpoints by itself (~16 MB; SQLite's default is 1,000).
 /// By then the background checkpointer has normally copied the frames back already, so the
