@@ -304,12 +304,13 @@ pub(super) enum CatchUp {
 ///
 /// SQLite syncs the database file at the end of a checkpoint only if no commit arrived while it
 /// copied; under a steady stream of commits a single pass every `CHECKPOINT_EVERY` almost never
-/// does (measured: 3 syncs in 172 passes), so the writer's own checkpoint at the backstop then
-/// synced everything copied since, stalling every commit waiting behind it. A pass that starts
-/// right after another copies only the frames of the few commits that came in meanwhile, and so
-/// usually finishes before the next one. Two passes in a row reporting the same WAL length,
-/// all of it copied, mean that no commit came in since the first of them started, so the first
-/// one synced.
+/// does (one trace under load: 3 syncs in 172 passes), so the writer's own checkpoint at the
+/// backstop then synced everything copied since, stalling every commit waiting behind it. A
+/// pass that starts right after another copies only the frames of the few commits that came in
+/// meanwhile, and so usually finishes before the next one. Two passes in a row reporting the
+/// same WAL length, all of it copied, mean that no commit came in since the first of them
+/// started: that pass synced the file, or found every frame already copied and synced by an
+/// earlier checkpoint.
 pub(super) fn catch_up(conn: &Connection) -> rusqlite::Result<CatchUp> {
     let mut last = None;
     for _ in 0..CATCH_UP_PASSES {
