@@ -16,7 +16,7 @@ use crate::store::StoreError;
 
 /// How long a statement waits for another process's lock on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the background checkpointer catches up (see [`catch_up`]).
+/// How often the background checkpointer runs a round (see [`checkpoint_round`]).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// WAL pages after which a commit checkpoints by itself (~16 MB; SQLite's default is 1,000).
 /// By then the background checkpointer has normally copied the frames back already, so the
@@ -261,9 +261,10 @@ impl Readers {
 }
 
 /// Checkpoints the WAL every `CHECKPOINT_EVERY` on a connection and thread of its own until
-/// `alive` is gone. `PASSIVE`: it never waits for, or blocks, the writer. Each round catches up
-/// (see [`catch_up`]), so that the database file is synced here, off the writer's path: the
-/// commit that crosses `AUTOCHECKPOINT_BACKSTOP` then finds little to copy and little to sync.
+/// `alive` is gone. `PASSIVE`: it never waits for, or blocks, the writer. Each round catches
+/// up (see [`checkpoint_round`]), so that the database file is synced here, off the writer's
+/// path: the commit that crosses `AUTOCHECKPOINT_BACKSTOP` then finds little to copy and little
+/// to sync.
 pub(super) fn spawn_checkpointer(path: PathBuf, alive: Weak<()>) {
     let started = std::thread::Builder::new().name("wal-checkpoint".into()).spawn(move || {
         let conn = match Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
@@ -277,7 +278,7 @@ pub(super) fn spawn_checkpointer(path: PathBuf, alive: Weak<()>) {
         };
         while alive.upgrade().is_some() {
             std::thread::sleep(CHECKPOINT_EVERY);
-            if let Err(e) = catch_up(&conn) {
+            if let Err(e) = checkpoint_round(&conn) {
                 tracing::warn!(error = %e, "WAL checkpoint failed");
             }
         }
@@ -288,11 +289,11 @@ pub(super) fn spawn_checkpointer(path: PathBuf, alive: Weak<()>) {
 }
 
 /// Most `PASSIVE` passes in one round of the checkpointer.
-const CATCH_UP_PASSES: usize = 6;
+const PASSES_PER_ROUND: usize = 6;
 
 /// How a round of the checkpointer ended.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum CatchUp {
+pub(super) enum Round {
     /// A pass copied every frame and no commit came in meanwhile: SQLite synced the database
     /// file in that pass.
     Synced,
@@ -311,18 +312,18 @@ pub(super) enum CatchUp {
 /// same WAL length, all of it copied, mean that no commit came in since the first of them
 /// started: that pass synced the file, or found every frame already copied and synced by an
 /// earlier checkpoint.
-pub(super) fn catch_up(conn: &Connection) -> rusqlite::Result<CatchUp> {
+pub(super) fn checkpoint_round(conn: &Connection) -> rusqlite::Result<Round> {
     let mut last = None;
-    for _ in 0..CATCH_UP_PASSES {
+    for _ in 0..PASSES_PER_ROUND {
         let (log, copied): (i64, i64) =
             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(1)?, r.get(2)?)))?;
         // Frames not copied (a reader still uses them) are taken by a later pass.
         if copied == log && last == Some(log) {
-            return Ok(CatchUp::Synced);
+            return Ok(Round::Synced);
         }
         last = (copied == log).then_some(log);
     }
-    Ok(CatchUp::Behind)
+    Ok(Round::Behind)
 }
 
 /// Takes an exclusive lock on a file beside the database (released when dropped): processes
@@ -344,41 +345,44 @@ pub(super) async fn lock_file(db_path: &Path) -> Result<std::fs::File, StoreErro
 mod tests {
     use super::*;
 
+    /// A fresh file in WAL mode whose writer never checkpoints by itself.
+    fn wal_file() -> (tempfile::TempDir, PathBuf, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let writer = open_writer(&path).unwrap();
+        writer.pragma_update(None, "wal_autocheckpoint", "0").unwrap();
+        (dir, path, writer)
+    }
+
     fn frames(conn: &Connection) -> (i64, i64) {
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(1).unwrap(), r.get(2).unwrap()))).unwrap()
     }
 
     #[test]
-    fn catch_up_copies_every_frame_and_reports_the_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let writer = open_writer(&path).unwrap();
-        writer.pragma_update(None, "wal_autocheckpoint", "0").unwrap();
+    fn a_round_copies_every_frame_and_reports_the_sync() {
+        let (_dir, path, writer) = wal_file();
         writer.execute_batch("CREATE TABLE t (v BLOB)").unwrap();
         for _ in 0..50 {
             writer.execute("INSERT INTO t VALUES (randomblob(3000))", []).unwrap();
         }
         let checkpointer = Connection::open(&path).unwrap();
-        // Frames are waiting before, none after; with no commit coming in, it says so.
-        assert_eq!(catch_up(&checkpointer).unwrap(), CatchUp::Synced);
+        // With no commit coming in, one round copies every frame the inserts left and says so.
+        assert_eq!(checkpoint_round(&checkpointer).unwrap(), Round::Synced);
         let (log, copied) = frames(&checkpointer);
         assert!(log > 50, "the inserts should have left frames in the WAL, found {log}");
         assert_eq!(copied, log);
     }
 
     #[test]
-    fn catch_up_is_behind_while_a_reader_holds_frames() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let writer = open_writer(&path).unwrap();
-        writer.pragma_update(None, "wal_autocheckpoint", "0").unwrap();
+    fn a_round_is_behind_while_a_reader_holds_frames() {
+        let (_dir, path, writer) = wal_file();
         writer.execute_batch("CREATE TABLE t (v BLOB); INSERT INTO t VALUES (1)").unwrap();
         let reader = Connection::open(&path).unwrap();
         reader.execute_batch("BEGIN; SELECT count(*) FROM t;").unwrap();
         writer.execute("INSERT INTO t VALUES (randomblob(3000))", []).unwrap();
         let checkpointer = Connection::open(&path).unwrap();
-        assert_eq!(catch_up(&checkpointer).unwrap(), CatchUp::Behind);
+        assert_eq!(checkpoint_round(&checkpointer).unwrap(), Round::Behind);
         reader.execute_batch("COMMIT").unwrap();
-        assert_eq!(catch_up(&checkpointer).unwrap(), CatchUp::Synced);
+        assert_eq!(checkpoint_round(&checkpointer).unwrap(), Round::Synced);
     }
 }
