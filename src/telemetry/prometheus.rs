@@ -40,6 +40,8 @@ pub const POOL_CONNECTIONS: &str = "custodia_db_pool_connections";
 pub const POOL_MAX: &str = "custodia_db_pool_max_connections";
 /// 1 while the database answers, 0 while the breaker refuses calls.
 pub const DATABASE_UP: &str = "custodia_database_up";
+/// SQLite: rounds of the background WAL checkpointer: `outcome` = synced, behind.
+pub const CHECKPOINT_ROUNDS: &str = "custodia_sqlite_checkpoint_rounds_total";
 
 /// Latency buckets, seconds: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -111,6 +113,10 @@ fn describe() {
     describe_gauge!(POOL_CONNECTIONS, "Database read connections, busy or idle");
     describe_gauge!(POOL_MAX, "Most database read connections");
     describe_gauge!(DATABASE_UP, "1 while PostgreSQL answers, 0 while the breaker refuses calls");
+    describe_counter!(
+        CHECKPOINT_ROUNDS,
+        "SQLite: background checkpoint rounds, by outcome (synced: the database file was synced off the commit path; behind: commits or readers kept it from catching up)"
+    );
 }
 
 /// The running metrics endpoint.

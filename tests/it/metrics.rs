@@ -140,6 +140,19 @@ async fn the_metrics_flag_serves_prometheus_text_on_its_own_address() {
     assert_eq!(client.get(format!("{api}/healthz")).send().await.unwrap().status(), 200);
     let text = client.get(&metrics).send().await.unwrap().text().await.unwrap();
     assert!(text.contains(r#"custodia_http_requests_total{route="/healthz",method="GET",status="200"} "#), "{text}");
+    // The SQLite checkpointer's rounds (one every 100 ms; an idle WAL is caught up at once).
+    // Remove the `metrics::counter!` in `spawn_checkpointer` (store/sqlite/connections.rs) to see
+    // this fail.
+    let synced = r#"custodia_sqlite_checkpoint_rounds_total{outcome="synced"}"#;
+    let started = Instant::now();
+    loop {
+        let text = client.get(&metrics).send().await.unwrap().text().await.unwrap();
+        if sample(&text, synced).is_some_and(|n| n > 0.0) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no synced checkpoint round counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let base = metrics.trim_end_matches("/metrics");
     assert_eq!(client.get(format!("{base}/v1/customers")).send().await.unwrap().status(), 404);
     assert_eq!(client.get(format!("{api}/metrics")).send().await.unwrap().status(), 404, "metrics on the API port");

@@ -278,9 +278,15 @@ pub(super) fn spawn_checkpointer(path: PathBuf, alive: Weak<()>) {
         };
         while alive.upgrade().is_some() {
             std::thread::sleep(CHECKPOINT_EVERY);
-            if let Err(e) = checkpoint_round(&conn) {
-                tracing::warn!(error = %e, "WAL checkpoint failed");
-            }
+            let outcome = match checkpoint_round(&conn) {
+                Ok(Round::Synced) => "synced",
+                Ok(Round::Behind) => "behind",
+                Err(e) => {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                    continue;
+                }
+            };
+            metrics::counter!(crate::telemetry::prometheus::CHECKPOINT_ROUNDS, "outcome" => outcome).increment(1);
         }
     });
     if let Err(e) = started {
@@ -291,7 +297,8 @@ pub(super) fn spawn_checkpointer(path: PathBuf, alive: Weak<()>) {
 /// Most `PASSIVE` passes in one round of the checkpointer.
 const PASSES_PER_ROUND: usize = 6;
 
-/// How a round of the checkpointer ended.
+/// How a round of the checkpointer ended (counted in `custodia_sqlite_checkpoint_rounds_total`:
+/// a share of `behind` that stays high means the commits sync the database file themselves).
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Round {
     /// A pass copied every frame and no commit came in meanwhile: SQLite synced the database
