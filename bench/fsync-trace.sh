@@ -18,14 +18,8 @@ minutes=${3:-3}
 rate=${4:-11000}
 cd "$(dirname "$0")/.."
 out=/tmp/fsync-trace-$name
-rm -f "$out".*
-MALLOC_ARENA_MAX=2 "$binary" --soak "$minutes" --soak-rate "$rate" --soak-peak-seconds 5 \
-  --output "$out.md" >"$out.log" 2>&1 &
-bench=$!
-for _ in $(seq 1 90); do
-  grep -q "holding" "$out.log" && break
-  sleep 2
-done
+. bench/short-soak.sh
+start_short_soak "$binary" "$out" "$minutes" "$rate"
 pid=$(pgrep -f -- "--hold" | head -1)
 [ -n "$pid" ] || { echo "no vault process found" >&2; exit 1; }
 # File descriptor -> file name, so that the summary can say "database" or "WAL".

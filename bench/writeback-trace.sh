@@ -18,14 +18,8 @@ minutes=${3:-4}
 rate=${4:-9000}
 cd "$(dirname "$0")/.."
 out=/tmp/writeback-trace-$name
-rm -f "$out".*
-MALLOC_ARENA_MAX=2 "$binary" --soak "$minutes" --soak-rate "$rate" --soak-peak-seconds 5 \
-  --output "$out.md" >"$out.log" 2>&1 &
-bench=$!
-for _ in $(seq 1 90); do
-  grep -q "holding" "$out.log" && break
-  sleep 2
-done
+. bench/short-soak.sh
+start_short_soak "$binary" "$out" "$minutes" "$rate"
 (while kill -0 "$bench" 2>/dev/null; do
   echo "$(date +%s.%N) $(awk '/^(Dirty|Writeback):/ {printf "%s ", $2}' /proc/meminfo)"
   sleep 0.5
