@@ -86,11 +86,13 @@ struct Cli {
     #[arg(long, default_value_t = 60)]
     soak_interval: u64,
     /// Connections of the soak's paced load, a pool: each due request goes out on a free
-    /// connection; while none is free it waits, and the wait counts in its latency. Four times
-    /// the peak's 64: at 80 % of the peak most of a pool of 64 is in use at any moment (the
-    /// peak used all 64, and every read waits for its audit event's group commit, so answers
-    /// come in bursts), and the pool, not the server, would queue the requests.
-    #[arg(long, default_value_t = 256)]
+    /// connection; while none is free it waits, and the wait counts in its latency. Deep enough
+    /// that a stall of the disk (tens of ms here) finds the requests due during it already in
+    /// the server, which works on them while its audit commit waits, instead of in the pool,
+    /// where they would wait idle and be worked on only after it (256 held ≈ 25 ms of traffic
+    /// at 10,000 req/s; 960 ≈ 100 ms). Below the server's default `max_client_connections`
+    /// (1,000): past it, connections would wait in the kernel's backlog.
+    #[arg(long, default_value_t = 960)]
     soak_connections: usize,
 }
 
