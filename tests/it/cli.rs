@@ -201,6 +201,8 @@ async fn the_soak_writes_a_line_per_interval_and_its_plot() {
             "1",
             "--soak-fraction",
             "0.5",
+            "--soak-peak-seconds",
+            "1",
         ])
         .arg("--output")
         .arg(&output)
@@ -224,6 +226,23 @@ async fn the_soak_writes_a_line_per_interval_and_its_plot() {
     assert!(written.contains("largest distance from the mean") && written.contains("ok = true"), "{written}");
     let svg = std::fs::read_to_string(output.with_extension("svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 3);
+}
+
+/// A soak with more connections than the server admits is refused before it starts: the extra
+/// connections would wait in the kernel's backlog and their wait would count as the server's
+/// latency. (Remove the `max_client_connections` check in `soak_run` to see this fail.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soak_with_more_connections_than_the_server_admits_is_refused() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia-bench"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--customers", "50", "--soak", "0.05", "--soak-interval", "1", "--soak-peak-seconds", "1"])
+        .args(["--soak-connections", "1001"])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the soak ran: {err}");
+    assert!(err.contains("--soak-connections (1001) is above the server's max_client_connections (1000)"), "{err}");
 }
 
 /// The benchmark runs every scenario against a server in a process of its own without a failed

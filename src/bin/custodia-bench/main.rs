@@ -299,6 +299,14 @@ async fn soak_run(cli: &Cli, config: &Config, dir: &Path, minutes: f64) -> anyho
     anyhow::ensure!(minutes > 0.0 && cli.soak_interval > 0, "--soak and --soak-interval must be positive");
     anyhow::ensure!(cli.soak_fraction > 0.0 && cli.soak_fraction <= 1.0, "--soak-fraction must be in (0, 1]");
     anyhow::ensure!(cli.soak_connections > 0, "--soak-connections must be positive");
+    // Past the server's limit, the extra connections would wait in the kernel's backlog, and
+    // their wait would count as the server's latency.
+    anyhow::ensure!(
+        cli.soak_connections <= config.max_client_connections,
+        "--soak-connections ({}) is above the server's max_client_connections ({}): lower it, or raise the limit in --config",
+        cli.soak_connections,
+        config.max_client_connections
+    );
     anyhow::ensure!(cli.soak_rate.is_none_or(|r| r >= 1.0), "--soak-rate must be at least 1 request per second");
     anyhow::ensure!(cli.soak_peak_seconds >= 1.0, "--soak-peak-seconds must be at least 1");
     let (facts_path, log) = (dir.join("facts.json"), dir.join("server.log"));
