@@ -42,6 +42,11 @@ pub const POOL_MAX: &str = "custodia_db_pool_max_connections";
 pub const DATABASE_UP: &str = "custodia_database_up";
 /// SQLite: rounds of the background WAL checkpointer: `outcome` = synced, behind.
 pub const CHECKPOINT_ROUNDS: &str = "custodia_sqlite_checkpoint_rounds_total";
+/// SQLite: how long a write held the one writer's turn (from being granted it to releasing it:
+/// its transaction and commit), in seconds: `kind` = audit, customers, budget, index, other.
+pub const SQLITE_WRITE: &str = "custodia_sqlite_write_seconds";
+/// SQLite: how long a write waited for the writer's turn, in seconds: `kind` as above.
+pub const SQLITE_WRITE_WAIT: &str = "custodia_sqlite_write_wait_seconds";
 
 /// Latency buckets, seconds: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -117,6 +122,12 @@ fn describe() {
         CHECKPOINT_ROUNDS,
         "SQLite: background checkpoint rounds, by outcome (synced: the database file was synced off the commit path; behind: commits or readers kept it from catching up)"
     );
+    describe_histogram!(
+        SQLITE_WRITE,
+        Unit::Seconds,
+        "SQLite: time a write held the one writer's turn (transaction and commit), by kind (audit, customers, budget, index, other)"
+    );
+    describe_histogram!(SQLITE_WRITE_WAIT, Unit::Seconds, "SQLite: time a write waited for the writer's turn, by kind");
 }
 
 /// The running metrics endpoint.

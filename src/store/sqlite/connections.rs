@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -76,6 +76,35 @@ enum Sync {
     Deferred,
 }
 
+/// What a write is, for the writer's metrics (`custodia_sqlite_write_seconds` and
+/// `custodia_sqlite_write_wait_seconds`, label `kind`): which writes hold the one turn, and
+/// for how long, shows where the audit commits that every answer waits for are delayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum WriteKind {
+    /// An audit group commit (the events of answered reads, searches, reveals, denials).
+    Audit,
+    /// Customers created, updated, erased or restricted, with their events.
+    Customers,
+    /// A per-principal budget charged.
+    Budget,
+    /// A turn of the customer-keyed access-log index (`links.rs`).
+    Index,
+    /// Anything else: grants, alerts, checkpoints, maintenance.
+    Other,
+}
+
+impl WriteKind {
+    fn label(self) -> &'static str {
+        match self {
+            WriteKind::Audit => "audit",
+            WriteKind::Customers => "customers",
+            WriteKind::Budget => "budget",
+            WriteKind::Index => "index",
+            WriteKind::Other => "other",
+        }
+    }
+}
+
 /// The one read-write connection of this process. Writes take turns (a permit, waited for
 /// without blocking the runtime), each in one `IMMEDIATE` transaction.
 pub(super) struct Writer {
@@ -118,9 +147,10 @@ impl Writer {
     /// stops waiting.
     pub(super) async fn write<R: Send + 'static>(
         self: &Arc<Self>,
+        kind: WriteKind,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.write_with(Sync::Full, true, f).await
+        self.write_with(kind, Sync::Full, true, f).await
     }
 
     /// Like [`Writer::write`], but the commit does not wait for the disk (`synchronous =
@@ -131,27 +161,31 @@ impl Writer {
     /// fsync per request.
     pub(super) async fn write_unsynced<R: Send + 'static>(
         self: &Arc<Self>,
+        kind: WriteKind,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.write_with(Sync::Deferred, true, f).await
+        self.write_with(kind, Sync::Deferred, true, f).await
     }
 
     /// Like [`Writer::write_unsynced`], for background work that can wait: it is not counted
     /// by [`Writer::is_awaited`], which it should check to end its turn early.
     pub(super) async fn write_behind<R: Send + 'static>(
         self: &Arc<Self>,
+        kind: WriteKind,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.write_with(Sync::Deferred, false, f).await
+        self.write_with(kind, Sync::Deferred, false, f).await
     }
 
     /// `counted`: whether the write shows in [`Writer::is_awaited`] while it waits.
     async fn write_with<R: Send + 'static>(
         self: &Arc<Self>,
+        kind: WriteKind,
         sync: Sync,
         counted: bool,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        let asked = Instant::now();
         let held = if counted {
             self.waiting.fetch_add(1, Ordering::Relaxed);
             let _waiting = Waiting(&self.waiting);
@@ -159,10 +193,18 @@ impl Writer {
         } else {
             turn(&self.permit, self.wait).await?
         };
+        // Held from here to its release, the hand-over to a blocking thread included: the
+        // writer is as unavailable to others then as during the transaction.
+        let granted = Instant::now();
+        let label = kind.label();
+        metrics::histogram!(crate::telemetry::prometheus::SQLITE_WRITE_WAIT, "kind" => label)
+            .record(granted.duration_since(asked).as_secs_f64());
         let writer = self.clone();
         off_runtime(move || {
             let written = writer.transaction(sync, f);
             drop(held);
+            metrics::histogram!(crate::telemetry::prometheus::SQLITE_WRITE, "kind" => label)
+                .record(granted.elapsed().as_secs_f64());
             written
         })
         .await

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::connections::{Readers, Writer};
+use super::connections::{Readers, WriteKind, Writer};
 use crate::store::StoreError;
 
 /// How often the task looks for links to index. Queries scan at most the links written since
@@ -89,7 +89,7 @@ pub(super) async fn catch_up(writer: &Arc<Writer>, readers: &Arc<Readers>) -> Re
         // A turn that ended early queues again at once, behind the writes waiting then (the
         // turn is first come, first served). Pausing here for 20 ms instead raised the median
         // wait further, growing over the run (docs/PERFORMANCE.md, 2026-12-05 evening).
-        writer.write_behind(move |c| turn(c, &|| awaited.is_awaited())).await?;
+        writer.write_behind(WriteKind::Index, move |c| turn(c, &|| awaited.is_awaited())).await?;
     }
     Ok(())
 }

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
-use self::connections::{Readers, Writer};
+use self::connections::{Readers, WriteKind, Writer};
 use self::rows::{
     alert_from, all, event_from, first, grant_from, grant_values, id_at, time_at, time_text, time_value,
     tombstone_from, uuid_at, uuid_value, Query, ALERT_COLUMNS, EVENT_COLUMNS, GRANT_COLUMNS,
@@ -112,9 +112,10 @@ impl SqliteStore {
 
     async fn write<R: Send + 'static>(
         &self,
+        kind: WriteKind,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.writer.write(f).await
+        self.writer.write(kind, f).await
     }
 }
 
@@ -375,7 +376,7 @@ impl Store for SqliteStore {
 
     async fn insert_customers(&self, records: &[CustomerRecord], events: &[AuditEvent]) -> Result<(), StoreError> {
         let (records, events) = (records.to_vec(), events.to_vec());
-        self.write(move |c| insert_customers(c, &records, &events)).await
+        self.write(WriteKind::Customers, move |c| insert_customers(c, &records, &events)).await
     }
 
     async fn customer(&self, id: Uuid) -> Result<Option<CustomerRecord>, StoreError> {
@@ -384,7 +385,7 @@ impl Store for SqliteStore {
 
     async fn update_customer(&self, u: &CustomerUpdate, audit: &AuditEvent) -> Result<UpdateOutcome, StoreError> {
         let (u, audit) = (u.clone(), audit.clone());
-        self.write(move |c| {
+        self.write(WriteKind::Customers, move |c| {
             let id = u.id.as_bytes().as_slice();
             let updated = c
                 .prepare_cached(
@@ -469,7 +470,7 @@ impl Store for SqliteStore {
 
     async fn insert_grant(&self, grant: &GrantRecord, audit: &AuditEvent) -> Result<(), StoreError> {
         let (g, audit) = (grant.clone(), audit.clone());
-        self.write(move |c| {
+        self.write(WriteKind::Other, move |c| {
             insert_grant(c, &g)?;
             append_events(c, std::slice::from_ref(&audit))?;
             c.execute(BUMP_EPOCH, [])?;
@@ -486,7 +487,7 @@ impl Store for SqliteStore {
         let (g, audit) = (grant.clone(), audit.clone());
         // The IMMEDIATE transaction holds the write lock before reading: concurrent bootstraps
         // (other processes on one file) queue instead of deciding on a stale read.
-        self.write(move |c| {
+        self.write(WriteKind::Other, move |c| {
             let existing = c
                 .query_row(
                     "SELECT 1 FROM grants WHERE parent_id IS NULL AND revoked_at IS NULL AND role = ?1",
@@ -518,7 +519,7 @@ impl Store for SqliteStore {
         audit: &AuditEvent,
     ) -> Result<bool, StoreError> {
         let (by, audit) = (by.to_owned(), audit.clone());
-        self.write(move |c| {
+        self.write(WriteKind::Other, move |c| {
             let n = c.execute(
                 "UPDATE grants SET revoked_at = ?1, revoked_by = ?2 WHERE id = ?3 AND revoked_at IS NULL",
                 params![time_text(&at), by, id.as_bytes().as_slice()],
@@ -550,7 +551,7 @@ impl Store for SqliteStore {
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
         let (principal, audit) = (principal.to_owned(), audit.clone());
-        self.write(move |c| {
+        self.write(WriteKind::Other, move |c| {
             c.execute(
                 "INSERT INTO token_revocations (principal, not_before) VALUES (?1, ?2) \
                  ON CONFLICT (principal) DO UPDATE SET not_before = excluded.not_before",
@@ -564,7 +565,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<AuditHead, StoreError> {
-        self.write(move |c| append_events(c, &events)).await
+        self.write(WriteKind::Audit, move |c| append_events(c, &events)).await
     }
 
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {
@@ -578,7 +579,7 @@ impl Store for SqliteStore {
 
     async fn insert_checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError> {
         let cp = cp.clone();
-        self.write(move |c| {
+        self.write(WriteKind::Other, move |c| {
             c.execute(
                 "INSERT INTO audit_checkpoints (seq, chain_hash, time, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5) \
                  ON CONFLICT (seq) DO NOTHING",
@@ -701,7 +702,7 @@ impl Store for SqliteStore {
 
     async fn insert_alert(&self, alert: &AlertRecord, audit: &AuditEvent) -> Result<(), StoreError> {
         let (a, audit) = (alert.clone(), audit.clone());
-        self.write(move |c| {
+        self.write(WriteKind::Other, move |c| {
             c.execute(
                 &format!("INSERT INTO audit_alerts ({ALERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
                 params![
@@ -725,7 +726,7 @@ impl Store for SqliteStore {
 
     async fn clear_alert(&self, id: Uuid, by: &str, at: DateTime<Utc>, audit: &AuditEvent) -> Result<bool, StoreError> {
         let (by, audit) = (by.to_owned(), audit.clone());
-        self.write(move |c| {
+        self.write(WriteKind::Other, move |c| {
             let n = c.execute(
                 "UPDATE audit_alerts SET cleared_at = ?1, cleared_by = ?2 WHERE id = ?3 AND cleared_at IS NULL",
                 params![time_text(&at), by, id.as_bytes().as_slice()],
@@ -780,7 +781,7 @@ impl Store for SqliteStore {
         let entries = entries.to_vec();
         // The IMMEDIATE transaction holds the write lock before deciding: an update committing
         // in between leaves its own entries untouched.
-        self.write(move |c| {
+        self.write(WriteKind::Customers, move |c| {
             let key = id.as_bytes().as_slice();
             let current = c
                 .query_row("SELECT 1 FROM customers WHERE id = ?1 AND version = ?2", params![key, version], |_| Ok(()))
@@ -824,7 +825,7 @@ impl Store for SqliteStore {
         // Unsynced: the request's audit event, committed synced before any answer, makes the
         // charge durable with it (no fsync of its own per search or reveal).
         self.writer
-            .write_unsynced(move |c| {
+            .write_unsynced(WriteKind::Budget, move |c| {
                 c.prepare_cached(
                     "INSERT INTO budget_usage (principal, budget, bucket, used) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (principal, budget, bucket) DO UPDATE SET used = budget_usage.used + excluded.used",
@@ -839,7 +840,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune_budgets(&self, before_bucket: i64) -> Result<(), StoreError> {
-        self.write(move |c| {
+        self.write(WriteKind::Other, move |c| {
             c.execute("DELETE FROM budget_usage WHERE bucket < ?1", [before_bucket])?;
             // Counts of instances gone for as long (their rows are no longer read anyway).
             c.execute("DELETE FROM guard_counts WHERE updated_at < ?1", [before_bucket.saturating_mul(60)])?;
@@ -853,7 +854,7 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let (instance, counts) = (instance.to_owned(), counts.to_vec());
-        self.write(move |c| {
+        self.write(WriteKind::Other, move |c| {
             for (principal, n) in &counts {
                 if *n == 0 {
                     c.prepare_cached("DELETE FROM guard_counts WHERE instance = ?1 AND principal = ?2")?
@@ -873,7 +874,7 @@ impl Store for SqliteStore {
 
     async fn clear_guard_counts(&self, principal: &str) -> Result<(), StoreError> {
         let principal = principal.to_owned();
-        self.write(move |c| {
+        self.write(WriteKind::Other, move |c| {
             c.execute("DELETE FROM guard_counts WHERE principal = ?1", [principal])?;
             Ok(())
         })
@@ -913,7 +914,7 @@ impl Store for SqliteStore {
 
     async fn replace_wrapped_key(&self, id: Uuid, from_version: u32, key: &WrappedKey) -> Result<bool, StoreError> {
         let key = key.clone();
-        self.write(move |c| {
+        self.write(WriteKind::Other, move |c| {
             let n = c.execute(
                 "UPDATE customers SET kek_version = ?1, wrapped_key = ?2 WHERE id = ?3 AND kek_version = ?4",
                 params![i64::from(key.kek_version), key.bytes, id.as_bytes().as_slice(), i64::from(from_version)],
@@ -925,7 +926,7 @@ impl Store for SqliteStore {
 
     async fn erase_customer(&self, tombstone: &Tombstone, audit: &AuditEvent) -> Result<bool, StoreError> {
         let (t, audit) = (tombstone.clone(), audit.clone());
-        self.write(move |c| {
+        self.write(WriteKind::Customers, move |c| {
             let key = t.id.as_bytes().as_slice();
             c.execute("DELETE FROM blind_index WHERE customer_id = ?1", [key])?;
             c.execute("DELETE FROM customer_fields WHERE customer_id = ?1", [key])?;
@@ -957,7 +958,7 @@ impl Store for SqliteStore {
 
     async fn set_status(&self, id: Uuid, status: CustomerStatus, audit: &AuditEvent) -> Result<bool, StoreError> {
         let audit = audit.clone();
-        self.write(move |c| {
+        self.write(WriteKind::Customers, move |c| {
             let n = c.execute(
                 "UPDATE customers SET status = ?1, updated_at = ?2 WHERE id = ?3",
                 params![status.as_str(), time_text(&Utc::now()), id.as_bytes().as_slice()],
@@ -1000,7 +1001,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune_idempotency(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.write(move |c| {
+        self.write(WriteKind::Other, move |c| {
             let n = c.execute(
                 "DELETE FROM idempotency_keys WHERE julianday(expires_at) <= julianday(?1)",
                 [time_text(&now)],
