@@ -6,7 +6,8 @@
 # BINARY: a custodia-bench build. Runs `BINARY --soak ... --config CONF --output
 # /tmp/writer-turns-NAME.md` with the SOAK ARGUMENTS (default `--soak 8`; e.g. `--soak 8
 # --customers 1000000`), where CONF sets only `metrics_listen` (port 9464, loopback), scrapes the
-# held vault's /metrics every 10 s, and prints, per interval of the soak's held load: for each
+# held vault's /metrics every 5 s (an interval is printed when a scrape fell within 6 s of its
+# end; the last one may not be), and prints, per interval of the soak's held load: for each
 # kind of write (audit, customers, budget, index, other) the turns per second, the time the
 # turns held the writer per second of wall clock, the mean turn and the mean wait for it; the
 # audit events per group commit; and the writer's busy time per second (the sum of the kinds).
@@ -32,7 +33,7 @@ while kill -0 "$bench" 2>/dev/null; do
     echo "$held" >"$out.held"
   fi
   curl -s -m 3 http://127.0.0.1:9464/metrics -o "$out/$now.prom" 2>/dev/null || rm -f "$out/$now.prom"
-  sleep 10
+  sleep 5
 done
 wait "$bench" || { cat "$out.log" >&2; exit 1; }
 [ -n "$held" ] || { echo "the soak never held its load (see $out.log)" >&2; exit 1; }
