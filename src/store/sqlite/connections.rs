@@ -83,7 +83,8 @@ enum Sync {
 pub(super) enum WriteKind {
     /// An audit group commit (the events of answered reads, searches, reveals, denials).
     Audit,
-    /// Customers created, updated, erased or restricted, with their events.
+    /// Customers created, updated, erased or restricted (with their events), or their search
+    /// index rebuilt.
     Customers,
     /// A per-principal budget charged.
     Budget,
