@@ -196,16 +196,21 @@ impl Writer {
         };
         // Held from here to its release, the hand-over to a blocking thread included: the
         // writer is as unavailable to others then as during the transaction.
+        // The label is not even built when metrics are off (a non-literal label allocates).
         let granted = Instant::now();
-        let label = kind.label();
-        metrics::histogram!(crate::telemetry::prometheus::SQLITE_WRITE_WAIT, "kind" => label)
-            .record(granted.duration_since(asked).as_secs_f64());
+        let timed = crate::telemetry::prometheus::enabled();
+        if timed {
+            metrics::histogram!(crate::telemetry::prometheus::SQLITE_WRITE_WAIT, "kind" => kind.label())
+                .record(granted.duration_since(asked).as_secs_f64());
+        }
         let writer = self.clone();
         off_runtime(move || {
             let written = writer.transaction(sync, f);
             drop(held);
-            metrics::histogram!(crate::telemetry::prometheus::SQLITE_WRITE, "kind" => label)
-                .record(granted.elapsed().as_secs_f64());
+            if timed {
+                metrics::histogram!(crate::telemetry::prometheus::SQLITE_WRITE, "kind" => kind.label())
+                    .record(granted.elapsed().as_secs_f64());
+            }
             written
         })
         .await
