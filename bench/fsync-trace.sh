@@ -8,7 +8,7 @@
 # `perf trace -e fdatasync,fsync` to the vault's process for the soak, and prints per thread and
 # file (the database file, its WAL) how many syncs, their median, p99, longest and summed time,
 # then the soak's intervals. The writer's syncs of the database file (the file, not the WAL,
-# from the audit-writer, create-queue or blocking-pool threads) are checkpoints on the commit
+# from the audit-writer (or, before 2026-12-06, create-queue) or blocking-pool threads) are checkpoints on the commit
 # path: every commit waits behind them.
 # Needs perf with syscall tracepoints (Debian: linux-perf). Loopback only; bounded in time.
 set -euo pipefail

@@ -179,6 +179,7 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
         policy: Arc::new(policy),
         views: Arc::new(views),
         verifier: Some(verifier),
+        audit: audit.clone(),
         options,
     })
     .await?;

@@ -1,5 +1,5 @@
-//! Background loops that requests wait on (the audit writer, the create queue, the read
-//! combiner) run on a thread
+//! Background loops that requests wait on (the audit writer, which also commits the creates,
+//! and the read combiner) run on a thread
 //! of their own with a single-threaded runtime. On the shared runtime each of their awaits
 //! queued behind every runnable request task, so under load a group commit waited for the
 //! very requests that were waiting for it.

@@ -169,8 +169,12 @@ impl Store for Breaker {
     ) -> Result<(), StoreError> {
         self.call(self.inner.revoke_tokens(principal, not_before, audit)).await
     }
-    async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<AuditHead, StoreError> {
-        self.call(self.inner.append_audit(events)).await
+    async fn append_audit(
+        &self,
+        records: Vec<CustomerRecord>,
+        events: Vec<AuditEvent>,
+    ) -> Result<AuditHead, StoreError> {
+        self.call(self.inner.append_audit(records, events)).await
     }
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {
         self.call(self.inner.audit_head()).await

@@ -1,110 +1,22 @@
-//! Group commit for creates: one loop takes every create waiting when it starts a transaction
-//! and commits them together, each with its own audit event, acknowledging each only after the
-//! commit. A create therefore costs a share of one commit instead of a whole one (a single
-//! SQLite writer commits a few thousand transactions a second, whatever their size).
+//! The read-side group: single-customer reads waiting at the same moment are combined into
+//! one query. (Creates are group-committed by the audit writer, with their events: see
+//! [`crate::audit::writer`].)
 //!
-//! A create whose caller has gone (timed out, disconnected) before its batch starts is dropped,
-//! never committed behind the caller's back.
-//!
-//! When a batch fails on a constraint, its creates are retried one by one, so one bad record
-//! cannot fail its neighbours and each caller gets its own outcome. Any other failure (database
-//! unreachable, locked, timed out) is every caller's answer at once: retrying each create would
-//! wait out the same timeout once per create and wedge the queue for the whole outage.
-//!
-//! Owns: batching inserts of new records. Must never: change what is written, or acknowledge
-//! before the commit.
+//! Owns: batching reads of records by id. Must never: change what is read, or answer a caller
+//! with another caller's record.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{CustomerRecord, Store, StoreError};
-use crate::audit::AuditEvent;
 
-/// Most creates in one transaction.
-const MAX_BATCH: usize = 256;
-/// Creates that may wait for the loop.
+/// Reads that may wait for the loop.
 const QUEUE: usize = 4096;
-
-type Ack = oneshot::Sender<Result<(), StoreError>>;
 
 /// What a caller is told when the database (or the loop serving it) is unavailable.
 fn unavailable() -> StoreError {
     StoreError::Unavailable(sqlx::Error::PoolClosed)
-}
-
-/// The handle creates go through.
-#[derive(Clone, Debug)]
-pub struct CreateQueue {
-    tx: mpsc::Sender<(CustomerRecord, AuditEvent, Ack)>,
-}
-
-impl CreateQueue {
-    /// Starts the loop on its own thread.
-    pub fn start(store: Arc<dyn Store>) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        crate::background::spawn_dedicated("create-queue", run(store, rx));
-        CreateQueue { tx }
-    }
-
-    /// Inserts `record` with its audit `event`; returns once both are committed.
-    pub async fn insert(&self, record: CustomerRecord, event: AuditEvent) -> Result<(), StoreError> {
-        let (ack, done) = oneshot::channel();
-        self.tx.send((record, event, ack)).await.map_err(|_| unavailable())?;
-        done.await.map_err(|_| unavailable())?
-    }
-}
-
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(CustomerRecord, AuditEvent, Ack)>) {
-    let mut records = Vec::with_capacity(MAX_BATCH);
-    let mut events = Vec::with_capacity(MAX_BATCH);
-    let mut acks = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some((r, e, a)) = next.take() {
-            if !a.is_closed() {
-                records.push(r);
-                events.push(e);
-                acks.push(a);
-            }
-            if records.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        if acks.is_empty() {
-            continue;
-        }
-        match store.insert_customers(&records, &events).await {
-            Ok(()) => {
-                for ack in acks.drain(..) {
-                    let _ = ack.send(Ok(()));
-                }
-            }
-            Err(e) if acks.len() == 1 => {
-                if let Some(ack) = acks.pop() {
-                    let _ = ack.send(Err(e));
-                }
-            }
-            Err(e) if !e.is_constraint() => {
-                tracing::warn!(error = %e, creates = acks.len(), "batch of creates failed; refused together");
-                for ack in acks.drain(..) {
-                    let _ = ack.send(Err(unavailable()));
-                }
-            }
-            Err(_) => {
-                for ((r, e), ack) in records.iter().zip(&events).zip(acks.drain(..)) {
-                    if ack.is_closed() {
-                        continue;
-                    }
-                    let one = store.insert_customers(std::slice::from_ref(r), std::slice::from_ref(e)).await;
-                    let _ = ack.send(one);
-                }
-            }
-        }
-        records.clear();
-        events.clear();
-        acks.clear();
-    }
 }
 
 /// Most customers in one combined read.

@@ -389,8 +389,8 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Inserts records and appends audit events, all in one transaction with multi-row
-    /// statements: one create with its event, a group commit of creates with theirs, or a
-    /// seeding batch with one event for the whole batch.
+    /// statements: a seeding batch with one event for the whole batch. (Creates served to
+    /// callers go through the audit writer's [`Store::append_audit`].)
     async fn insert_customers(&self, records: &[CustomerRecord], events: &[AuditEvent]) -> Result<(), StoreError>;
     async fn customer(&self, id: Uuid) -> Result<Option<CustomerRecord>, StoreError>;
     /// Applies an update and appends its audit event in one transaction (neither on a conflict).
@@ -429,8 +429,15 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditEvent,
     ) -> Result<(), StoreError>;
 
-    /// Appends events to the audit chain in one transaction (group commit).
-    async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<AuditHead, StoreError>;
+    /// Inserts new `records` (none, or the creates waiting with the events) and appends
+    /// `events` to the audit chain, in this order, in one transaction: the audit writer's
+    /// group commit, one synced commit for a batch's events and its creates. A constraint
+    /// violated by any record or event fails the whole transaction.
+    async fn append_audit(
+        &self,
+        records: Vec<CustomerRecord>,
+        events: Vec<AuditEvent>,
+    ) -> Result<AuditHead, StoreError>;
     async fn audit_head(&self) -> Result<AuditHead, StoreError>;
     /// Stores a checkpoint (a duplicate sequence number is ignored).
     async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;

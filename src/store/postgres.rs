@@ -36,14 +36,6 @@ impl PgStore {
         Ok(PgStore { read: pool.clone(), write: pool })
     }
 
-    /// Appends a batch of events in one transaction.
-    async fn append_batch(&self, events: &[crate::audit::AuditEvent]) -> Result<super::AuditHead, StoreError> {
-        let mut tx = self.write.begin().await.map_err(StoreError::Unavailable)?;
-        let head = append_events_in(&mut tx, events).await?;
-        tx.commit().await?;
-        Ok(head)
-    }
-
     /// A page of events for verification, in sequence order.
     async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<crate::audit::StoredEvent>, StoreError> {
         let mut conn = self.read.acquire().await.map_err(StoreError::Unavailable)?;
@@ -141,6 +133,61 @@ async fn insert_index_in(
 const EVENT_COLUMNS: &str = "seq, time, request_id, principal, grant_id, action, customer_ids, fields, purpose, \
      justification, query, outcome, status, client, user_agent, chain_hash, actor_region, subject_region, proxy, \
      undisclosed_ids";
+
+/// Records, their sealed fields and their blind-index entries, with multi-row statements,
+/// inside the caller's transaction.
+async fn insert_records_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    records: &[CustomerRecord],
+) -> Result<(), StoreError> {
+    use crate::store::pow2_chunks;
+    if records.is_empty() {
+        return Ok(());
+    }
+    for chunk in pow2_chunks(records, 256) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO customers (id, region, kind, vip_level, status, version, kek_version, wrapped_key, created_at, updated_at) ",
+        );
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.id)
+                .push_bind(r.region.as_str())
+                .push_bind(r.kind.as_str())
+                .push_bind(r.vip_level)
+                .push_bind(r.status.as_str())
+                .push_bind(r.version)
+                .push_bind(i64::from(r.wrapped_key.kek_version))
+                .push_bind(r.wrapped_key.bytes.as_slice())
+                .push_bind(r.created_at)
+                .push_bind(r.updated_at);
+        });
+        qb.build().execute(&mut **tx).await?;
+    }
+    let fields: Vec<(uuid::Uuid, &crate::store::SealedField)> =
+        records.iter().flat_map(|r| r.fields.iter().map(move |f| (r.id, f))).collect();
+    for part in pow2_chunks(&fields, 1024) {
+        let mut qb =
+            sqlx::QueryBuilder::<sqlx::Postgres>::new("INSERT INTO customer_fields (customer_id, field, sealed) ");
+        qb.push_values(part, |mut b, (id, f)| {
+            b.push_bind(*id).push_bind(f.name.as_str()).push_bind(f.sealed.as_slice());
+        });
+        qb.build().execute(&mut **tx).await?;
+    }
+    let mut index: Vec<(uuid::Uuid, &crate::store::IndexEntry)> =
+        records.iter().flat_map(|r| r.index.iter().map(move |e| (r.id, e))).collect();
+    // In key order: digests are random, and sorted inserts walk the index's pages
+    // once each instead of jumping across the whole tree for every entry.
+    index.sort_unstable_by(|a, b| (&a.1.field, &a.1.digest).cmp(&(&b.1.field, &b.1.digest)));
+    for part in pow2_chunks(&index, 1024) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO blind_index (field, digest, customer_id, key_version) ",
+        );
+        qb.push_values(part, |mut b, (id, e)| {
+            b.push_bind(e.field.as_str()).push_bind(e.digest.as_slice()).push_bind(*id).push_bind(e.key_version);
+        });
+        qb.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
 
 /// Appends events to the chain inside `tx`. The no-op UPDATE takes the head's write lock
 /// before the head is read, so appenders on every instance (and process) queue here and
@@ -340,50 +387,8 @@ impl crate::store::Store for PgStore {
         records: &[crate::store::CustomerRecord],
         events: &[crate::audit::AuditEvent],
     ) -> Result<(), crate::store::StoreError> {
-        use crate::store::pow2_chunks;
         let mut tx = self.write.begin().await.map_err(crate::store::StoreError::Unavailable)?;
-        for chunk in pow2_chunks(records, 256) {
-            let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-                "INSERT INTO customers (id, region, kind, vip_level, status, version, kek_version, wrapped_key, created_at, updated_at) ",
-            );
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.id)
-                    .push_bind(r.region.as_str())
-                    .push_bind(r.kind.as_str())
-                    .push_bind(r.vip_level)
-                    .push_bind(r.status.as_str())
-                    .push_bind(r.version)
-                    .push_bind(i64::from(r.wrapped_key.kek_version))
-                    .push_bind(r.wrapped_key.bytes.as_slice())
-                    .push_bind(r.created_at)
-                    .push_bind(r.updated_at);
-            });
-            qb.build().execute(&mut *tx).await?;
-        }
-        let fields: Vec<(uuid::Uuid, &crate::store::SealedField)> =
-            records.iter().flat_map(|r| r.fields.iter().map(move |f| (r.id, f))).collect();
-        for part in pow2_chunks(&fields, 1024) {
-            let mut qb =
-                sqlx::QueryBuilder::<sqlx::Postgres>::new("INSERT INTO customer_fields (customer_id, field, sealed) ");
-            qb.push_values(part, |mut b, (id, f)| {
-                b.push_bind(*id).push_bind(f.name.as_str()).push_bind(f.sealed.as_slice());
-            });
-            qb.build().execute(&mut *tx).await?;
-        }
-        let mut index: Vec<(uuid::Uuid, &crate::store::IndexEntry)> =
-            records.iter().flat_map(|r| r.index.iter().map(move |e| (r.id, e))).collect();
-        // In key order: digests are random, and sorted inserts walk the index's pages
-        // once each instead of jumping across the whole tree for every entry.
-        index.sort_unstable_by(|a, b| (&a.1.field, &a.1.digest).cmp(&(&b.1.field, &b.1.digest)));
-        for part in pow2_chunks(&index, 1024) {
-            let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-                "INSERT INTO blind_index (field, digest, customer_id, key_version) ",
-            );
-            qb.push_values(part, |mut b, (id, e)| {
-                b.push_bind(e.field.as_str()).push_bind(e.digest.as_slice()).push_bind(*id).push_bind(e.key_version);
-            });
-            qb.build().execute(&mut *tx).await?;
-        }
+        insert_records_in(&mut tx, records).await?;
         if !events.is_empty() {
             append_events_in(&mut tx, events).await?;
         }
@@ -653,9 +658,14 @@ impl crate::store::Store for PgStore {
 
     async fn append_audit(
         &self,
+        records: Vec<CustomerRecord>,
         events: Vec<crate::audit::AuditEvent>,
     ) -> Result<crate::store::AuditHead, crate::store::StoreError> {
-        self.append_batch(&events).await
+        let mut tx = self.write.begin().await.map_err(StoreError::Unavailable)?;
+        insert_records_in(&mut tx, &records).await?;
+        let head = append_events_in(&mut tx, &events).await?;
+        tx.commit().await?;
+        Ok(head)
     }
 
     async fn audit_head(&self) -> Result<crate::store::AuditHead, crate::store::StoreError> {

@@ -358,8 +358,8 @@ impl Vault {
         let created = summary(&record);
         let mut event = caller.audit.closed(201);
         self.remember(caller, &Remembered::Customer(created.clone()), &mut event)?;
-        // Group-committed with other creates waiting at the same moment, with its audit event.
-        if let Err(e) = self.creates.insert(record, event).await {
+        // In the audit writer's next group commit, with its event and the others waiting then.
+        if let Err(e) = self.audit.create(record, event).await {
             return match self.replay_after(caller, e.into()).await? {
                 Remembered::Customer(first) => Ok(first),
                 _ => Err(VaultError::IdempotencyKeyReused),

@@ -16,13 +16,13 @@ mod seed;
 use std::sync::Arc;
 
 use crate::audit::guard::{BulkGuard, GuardPolicy};
-use crate::audit::{AuditHandle, CheckpointVerifier};
+use crate::audit::{AuditHandle, AuditLog, CheckpointVerifier};
 use crate::auth::Principal;
 use crate::authz::{Action, Authorizer, Denied, Gate, GrantCache, Permit, Policy};
 use crate::crypto::{CryptoError, KeySource};
 use crate::domain::{Catalogue, Regions, ValidationErrors};
 use crate::mask::ViewPolicy;
-use crate::store::group::{CreateQueue, ReadQueue};
+use crate::store::group::ReadQueue;
 use crate::store::{Store, StoreError};
 use limits::{BudgetPolicy, Budgets};
 
@@ -143,13 +143,16 @@ pub struct VaultParts {
     pub views: Arc<ViewPolicy>,
     /// The pinned checkpoint key; without it audit verification is unavailable.
     pub verifier: Option<CheckpointVerifier>,
+    /// The audit writer, whose group commits carry the creates with their events.
+    pub audit: AuditLog,
     pub options: VaultOptions,
 }
 
 /// The vault.
 pub struct Vault {
     store: Arc<dyn Store>,
-    creates: CreateQueue,
+    /// Creates go through the audit writer: one synced commit for them and the events beside them.
+    audit: AuditLog,
     reads: ReadQueue,
     keys: keys::Keys,
     catalogue: Arc<Catalogue>,
@@ -173,7 +176,7 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     /// Assembles the vault and loads the authorization state.
     pub async fn open(parts: VaultParts) -> Result<Self, VaultError> {
-        let VaultParts { store, keys, catalogue, regions, policy, views, verifier, options } = parts;
+        let VaultParts { store, keys, catalogue, regions, policy, views, verifier, audit, options } = parts;
         let searchable = catalogue.fields().filter(|f| f.searchable).map(|f| f.name.clone()).collect();
         let keys = keys::Keys::load(keys, searchable)?;
         let grants = GrantCache::load(store.clone(), regions).await?;
@@ -186,7 +189,7 @@ impl Vault {
             uuid::Uuid::now_v7().to_string(),
         );
         Ok(Vault {
-            creates: CreateQueue::start(store.clone()),
+            audit,
             reads: ReadQueue::start(store.clone()),
             store,
             keys,

@@ -103,22 +103,22 @@ on_both! {
         assert_eq!(linked, n as i64);
     }
 
-    // When a group commit fails, its creates are retried one by one: a record that cannot be
-    // inserted (here: an id that exists) fails alone, and its neighbours are committed.
+    // When a group commit of the audit writer fails on a constraint, its creates are retried one
+    // by one: a record that cannot be inserted (here: an id that exists) fails alone, and its
+    // neighbours are committed. (Remove `separately`'s arm in `audit/writer.rs` to see it fail.)
     async fn a_failing_create_does_not_fail_its_batch(h) {
         use custodia::audit::AuditEvent;
-        use custodia::store::group::CreateQueue;
         let existing = h.create(individual("3201")).await;
         let store = h.vault().store().clone();
         let template = store.customer(existing).await.unwrap().unwrap();
-        let queue = CreateQueue::start(store.clone());
+        let queue = h.server.state.audit.clone();
         let jobs = (0..20).map(|i| {
             let mut record = template.clone();
             if i % 2 == 1 {
                 record.id = uuid::Uuid::now_v7();
             }
             let queue = queue.clone();
-            async move { (record.id, queue.insert(record, AuditEvent::now(format!("batch-{i}"), "customer.create")).await) }
+            async move { (record.id, queue.create(record, AuditEvent::now(format!("batch-{i}"), "customer.create")).await) }
         });
         let results = futures::future::join_all(jobs).await;
         for (id, result) in &results {
@@ -301,17 +301,16 @@ async fn readiness_fails_when_the_database_refuses_connections() {
     sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).execute(&mut admin).await.unwrap();
 }
 
-/// A create whose caller gave up while it waited in the create queue (here: behind a writer
-/// holding the database lock) is dropped, never committed behind the caller's back.
+/// A create whose caller gave up while it waited in the audit writer's queue (here: behind a
+/// writer holding the database lock) is dropped, never committed behind the caller's back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_abandoned_while_queued_is_never_committed() {
     use custodia::audit::AuditEvent;
-    use custodia::store::group::CreateQueue;
     let h = Harness::start(Db::sqlite()).await;
     let existing = h.create(individual("3201")).await;
     let store = h.vault().store().clone();
     let template = store.customer(existing).await.unwrap().unwrap();
-    let queue = CreateQueue::start(store.clone());
+    let queue = h.server.state.audit.clone();
     // Another writer holds the lock: the first create waits for it inside its batch.
     let Db::Sqlite { path, .. } = &h.db else { unreachable!() };
     let locker = sqlite_at(path);
@@ -320,7 +319,7 @@ async fn a_create_abandoned_while_queued_is_never_committed() {
     first.id = uuid::Uuid::now_v7();
     let waiting = tokio::spawn({
         let (queue, first) = (queue.clone(), first.clone());
-        async move { queue.insert(first, AuditEvent::now("kept".into(), "customer.create")).await }
+        async move { queue.create(first, AuditEvent::now("kept".into(), "customer.create")).await }
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     // The second create queues behind it, and its caller gives up.
@@ -328,7 +327,7 @@ async fn a_create_abandoned_while_queued_is_never_committed() {
     abandoned.id = uuid::Uuid::now_v7();
     let gave_up = tokio::time::timeout(
         std::time::Duration::from_millis(300),
-        queue.insert(abandoned.clone(), AuditEvent::now("abandoned".into(), "customer.create")),
+        queue.create(abandoned.clone(), AuditEvent::now("abandoned".into(), "customer.create")),
     )
     .await;
     assert!(gave_up.is_err(), "the second create should still be queued");

@@ -81,10 +81,11 @@ enum Sync {
 /// for how long, shows where the audit commits that every answer waits for are delayed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum WriteKind {
-    /// An audit group commit (the events of answered reads, searches, reveals, denials).
+    /// An audit group commit (the events of answered reads, searches, reveals, denials), with
+    /// the creates waiting with them.
     Audit,
-    /// Customers created, updated, erased or restricted (with their events), or their search
-    /// index rebuilt.
+    /// Customers updated, erased or restricted (with their events), created outside the audit
+    /// writer (seeding, imports), or their search index rebuilt.
     Customers,
     /// A per-principal budget charged.
     Budget,

@@ -217,10 +217,22 @@ fn remember(c: &Connection, record: &IdempotencyRecord) -> Result<(), StoreError
     Ok(())
 }
 
-/// Records, their sealed fields, their blind-index entries (in key order: digests are random,
-/// and sorted inserts walk the index's pages once each) and the events, inside the caller's
-/// transaction.
+/// Records and the events, inside the caller's transaction.
 fn insert_customers(c: &Connection, records: &[CustomerRecord], events: &[AuditEvent]) -> Result<(), StoreError> {
+    insert_records(c, records)?;
+    if !events.is_empty() {
+        append_events(c, events)?;
+    }
+    Ok(())
+}
+
+/// Records, their sealed fields and their blind-index entries (in key order: digests are
+/// random, and sorted inserts walk the index's pages once each), inside the caller's
+/// transaction.
+fn insert_records(c: &Connection, records: &[CustomerRecord]) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
     {
         let mut customer = c.prepare_cached(
             "INSERT INTO customers (id, region, kind, vip_level, status, version, kek_version, wrapped_key, \
@@ -250,9 +262,6 @@ fn insert_customers(c: &Connection, records: &[CustomerRecord], events: &[AuditE
             records.iter().flat_map(|r| r.index.iter().map(move |e| (&r.id, e))).collect();
         index.sort_unstable_by(|a, b| (&a.1.field, &a.1.digest).cmp(&(&b.1.field, &b.1.digest)));
         insert_index(c, index)?;
-    }
-    if !events.is_empty() {
-        append_events(c, events)?;
     }
     Ok(())
 }
@@ -564,8 +573,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<AuditHead, StoreError> {
-        self.write(WriteKind::Audit, move |c| append_events(c, &events)).await
+    async fn append_audit(
+        &self,
+        records: Vec<CustomerRecord>,
+        events: Vec<AuditEvent>,
+    ) -> Result<AuditHead, StoreError> {
+        self.write(WriteKind::Audit, move |c| {
+            insert_records(c, &records)?;
+            append_events(c, &events)
+        })
+        .await
     }
 
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {
