@@ -185,7 +185,7 @@ impl ScratchCluster {
             let status = std::process::Command::new("chown").arg("postgres:postgres").arg(dir.path()).status().unwrap();
             assert!(status.success(), "chown of the scratch cluster's directory");
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_loopback_addr().port();
         let cluster = ScratchCluster { dir, bin, port, as_postgres: root };
         let data = cluster.data();
         cluster.run("initdb", &["-D", &data, "-U", "postgres", "-A", "trust", "--no-sync"]);

@@ -48,11 +48,27 @@ pub fn test_config(database_url: String) -> Config {
     c
 }
 
-/// A loopback address with a free port, for a server whose URL must be known before it starts
-/// (the port is free when this returns; nothing else on the machine races for it in practice).
+/// A loopback address with a free port, for a server whose URL must be known before it starts.
+///
+/// The port comes from below the kernel's ephemeral range (32768–60999 on Linux): a port taken
+/// from `bind(:0)` and released could be handed to any other test's ephemeral socket before the
+/// server binds it (seen in CI as `AddrInUse`). Ports here are never handed out implicitly; a
+/// per-process counter keeps this binary's callers apart and the probe skips any port already
+/// bound by another process.
 pub fn free_loopback_addr() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let port = FIRST + (start + step) % SPAN;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// A private copy of the example key file (for tests that rotate or retire keys).
