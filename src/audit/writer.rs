@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::CheckpointSigner;
 use super::event::AuditEvent;
-use crate::store::{CustomerRecord, Store, StoreError};
+use crate::store::{AuditBatch, CustomerRecord, Store, StoreError};
 
 /// Most events in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -157,72 +157,68 @@ async fn write_loop(
     policy: CheckpointPolicy,
     last_checkpoint: Arc<tokio::sync::Mutex<Option<i64>>>,
 ) {
-    // The batch: its events in arrival order (the chain's order), who to tell about each, and
-    // the records of its creates.
-    let mut events: Vec<AuditEvent> = Vec::with_capacity(MAX_BATCH);
+    // The batch: its events in arrival order (the chain's order) and the records of its
+    // creates; who to tell about each event. Its buffers are reused from batch to batch.
+    let mut batch = AuditBatch { records: Vec::with_capacity(MAX_CREATES), events: Vec::with_capacity(MAX_BATCH) };
     let mut acks: Vec<Ack> = Vec::with_capacity(MAX_BATCH);
-    let mut records: Vec<CustomerRecord> = Vec::with_capacity(MAX_CREATES);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
                 Job::Append(e, ack) => {
-                    events.push(e);
+                    batch.events.push(e);
                     acks.push(Ack::Append(ack));
                 }
                 Job::Create(record, e, ack) => {
                     if !ack.is_closed() {
-                        events.push(e);
+                        batch.events.push(e);
                         acks.push(Ack::Create(ack));
-                        records.push(*record);
+                        batch.records.push(*record);
                     }
                 }
             }
-            if events.len() < MAX_BATCH && records.len() < MAX_CREATES {
+            if batch.events.len() < MAX_BATCH && batch.records.len() < MAX_CREATES {
                 next = rx.try_recv().ok();
             }
         }
-        if events.is_empty() {
+        if batch.events.is_empty() {
             continue;
         }
         {
             use crate::telemetry::prometheus::{AUDIT_BATCH, AUDIT_QUEUE};
             metrics::gauge!(AUDIT_QUEUE).set(rx.len() as f64);
-            metrics::histogram!(AUDIT_BATCH).record(events.len() as f64);
+            metrics::histogram!(AUDIT_BATCH).record(batch.events.len() as f64);
         }
-        let head = commit(&*store, &mut records, &mut events, &mut acks).await;
+        let shared = Arc::new(std::mem::take(&mut batch));
+        let head = commit(&*store, &shared, &mut acks).await;
         if let Some(head) = head {
             maybe_checkpoint(&*store, &signer, policy, &last_checkpoint, head.seq, &head.chain_hash, false).await;
         }
-        events.clear();
+        // The store has let go of the batch by now; its buffers are taken back, emptied.
+        batch = Arc::try_unwrap(shared).unwrap_or_default();
+        batch.events.clear();
+        batch.records.clear();
         acks.clear();
-        records.clear();
     }
 }
 
 /// Commits one batch and answers every job in it; the head after the last commit, if any
 /// committed.
-async fn commit(
-    store: &dyn Store,
-    records: &mut Vec<CustomerRecord>,
-    events: &mut Vec<AuditEvent>,
-    acks: &mut Vec<Ack>,
-) -> Option<crate::store::AuditHead> {
-    // Only a batch with creates is ever retried, so only its copy is kept.
-    let retry = (!records.is_empty()).then(|| (records.clone(), events.clone()));
+async fn commit(store: &dyn Store, batch: &Arc<AuditBatch>, acks: &mut Vec<Ack>) -> Option<crate::store::AuditHead> {
     let started = std::time::Instant::now();
-    let committed = store.append_audit(std::mem::take(records), std::mem::take(events)).await;
+    let committed = store.append_audit(batch.clone()).await;
     metrics::histogram!(crate::telemetry::prometheus::AUDIT_COMMIT).record(started.elapsed().as_secs_f64());
-    match (committed, retry) {
-        (Ok(head), _) => {
+    match committed {
+        Ok(head) => {
             answer(head.seq - acks.len() as i64 + 1, acks.drain(..));
             Some(head)
         }
-        (Err(e), Some((records, events))) if e.is_constraint() => {
+        // Only a batch with creates is retried: a record is what can break a constraint.
+        Err(e) if e.is_constraint() && !batch.records.is_empty() => {
             tracing::warn!(error = %e, events = acks.len(), "group commit failed on a constraint; committing its creates one by one");
-            separately(store, records, events, std::mem::take(acks)).await
+            separately(store, batch, acks.drain(..)).await
         }
-        (Err(e), _) => {
+        Err(e) => {
             refuse(&e, acks.drain(..));
             None
         }
@@ -261,18 +257,18 @@ fn refuse(e: &StoreError, acks: impl Iterator<Item = Ack>) {
 
 /// A batch with creates that failed on a constraint, again: its other events in one
 /// transaction, then each create alone with its event, each caller told its own outcome.
+/// (The rare path: the batch's parts are copied into their own commits.)
 async fn separately(
     store: &dyn Store,
-    records: Vec<CustomerRecord>,
-    events: Vec<AuditEvent>,
-    acks: Vec<Ack>,
+    batch: &AuditBatch,
+    acks: impl Iterator<Item = Ack>,
 ) -> Option<crate::store::AuditHead> {
-    let mut records = records.into_iter();
+    let mut records = batch.records.iter();
     let (mut plain, mut plain_acks, mut creates) = (Vec::new(), Vec::new(), Vec::new());
-    for (event, ack) in events.into_iter().zip(acks) {
+    for (event, ack) in batch.events.iter().zip(acks) {
         match ack {
             Ack::Append(ack) => {
-                plain.push(event);
+                plain.push(event.clone());
                 plain_acks.push(Ack::Append(ack));
             }
             Ack::Create(ack) => {
@@ -284,7 +280,7 @@ async fn separately(
     }
     let mut head = None;
     if !plain.is_empty() {
-        match store.append_audit(Vec::new(), plain).await {
+        match store.append_audit(AuditBatch::events(plain)).await {
             Ok(h) => {
                 answer(h.seq - plain_acks.len() as i64 + 1, plain_acks.into_iter());
                 head = Some(h);
@@ -296,7 +292,8 @@ async fn separately(
         if ack.is_closed() {
             continue;
         }
-        match store.append_audit(vec![record], vec![event]).await {
+        let one = Arc::new(AuditBatch { records: vec![record.clone()], events: vec![event.clone()] });
+        match store.append_audit(one).await {
             Ok(h) => {
                 let _ = ack.send(Ok(()));
                 head = Some(h);

@@ -26,9 +26,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    AlertRecord, AuditHead, AuditQuery, AuditTallies, AuditTally, AuthzState, Backend, BootstrapOutcome, Checkpoint,
-    CustomerQuery, CustomerRecord, CustomerUpdate, GrantQuery, GrantRecord, IdempotencyRecord, IndexEntry, Store,
-    StoreError, Tombstone, UpdateOutcome, WrappedKey,
+    AlertRecord, AuditBatch, AuditHead, AuditQuery, AuditTallies, AuditTally, AuthzState, Backend, BootstrapOutcome,
+    Checkpoint, CustomerQuery, CustomerRecord, CustomerUpdate, GrantQuery, GrantRecord, IdempotencyRecord, IndexEntry,
+    Store, StoreError, Tombstone, UpdateOutcome, WrappedKey,
 };
 use crate::audit::{AuditEvent, StoredEvent};
 use crate::domain::{CustomerKind, CustomerStatus, RegionId};
@@ -169,12 +169,8 @@ impl Store for Breaker {
     ) -> Result<(), StoreError> {
         self.call(self.inner.revoke_tokens(principal, not_before, audit)).await
     }
-    async fn append_audit(
-        &self,
-        records: Vec<CustomerRecord>,
-        events: Vec<AuditEvent>,
-    ) -> Result<AuditHead, StoreError> {
-        self.call(self.inner.append_audit(records, events)).await
+    async fn append_audit(&self, batch: Arc<AuditBatch>) -> Result<AuditHead, StoreError> {
+        self.call(self.inner.append_audit(batch)).await
     }
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {
         self.call(self.inner.audit_head()).await

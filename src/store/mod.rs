@@ -4,6 +4,8 @@
 //! The store owns SQL and migrations. It sees only sealed field values and wrapped keys —
 //! never plaintext, never key material — and knows nothing of HTTP.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -231,6 +233,23 @@ pub struct AuthzState {
     pub clears: Vec<(String, i64)>,
 }
 
+/// One group commit of the audit writer: the new customer records of the creates waiting in
+/// it, then the events to append, in the chain's order. Handed to the store behind an `Arc`
+/// so that the writer keeps the batch for the rare retry after a constraint failure without
+/// copying it on every commit.
+#[derive(Default)]
+pub struct AuditBatch {
+    pub records: Vec<CustomerRecord>,
+    pub events: Vec<AuditEvent>,
+}
+
+impl AuditBatch {
+    /// A batch of events alone (no creates).
+    pub fn events(events: Vec<AuditEvent>) -> Arc<AuditBatch> {
+        Arc::new(AuditBatch { records: Vec::new(), events })
+    }
+}
+
 /// The audit chain head.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditHead {
@@ -429,15 +448,11 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditEvent,
     ) -> Result<(), StoreError>;
 
-    /// Inserts new `records` (none, or the creates waiting with the events) and appends
-    /// `events` to the audit chain, in this order, in one transaction: the audit writer's
-    /// group commit, one synced commit for a batch's events and its creates. A constraint
-    /// violated by any record or event fails the whole transaction.
-    async fn append_audit(
-        &self,
-        records: Vec<CustomerRecord>,
-        events: Vec<AuditEvent>,
-    ) -> Result<AuditHead, StoreError>;
+    /// Inserts the batch's new records (none, or the creates waiting with the events) and
+    /// appends its events to the audit chain, in this order, in one transaction: the audit
+    /// writer's group commit, one synced commit for a batch's events and its creates. A
+    /// constraint violated by any record or event fails the whole transaction.
+    async fn append_audit(&self, batch: Arc<AuditBatch>) -> Result<AuditHead, StoreError>;
     async fn audit_head(&self) -> Result<AuditHead, StoreError>;
     /// Stores a checkpoint (a duplicate sequence number is ignored).
     async fn insert_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;

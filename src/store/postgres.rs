@@ -658,12 +658,11 @@ impl crate::store::Store for PgStore {
 
     async fn append_audit(
         &self,
-        records: Vec<CustomerRecord>,
-        events: Vec<crate::audit::AuditEvent>,
+        batch: std::sync::Arc<crate::store::AuditBatch>,
     ) -> Result<crate::store::AuditHead, crate::store::StoreError> {
         let mut tx = self.write.begin().await.map_err(StoreError::Unavailable)?;
-        insert_records_in(&mut tx, &records).await?;
-        let head = append_events_in(&mut tx, &events).await?;
+        insert_records_in(&mut tx, &batch.records).await?;
+        let head = append_events_in(&mut tx, &batch.events).await?;
         tx.commit().await?;
         Ok(head)
     }

@@ -302,7 +302,7 @@ impl Vault {
         let handle = AuditHandle::detached(action);
         handle.set_principal(actor);
         let event: AuditEvent = handle.closed(200);
-        self.store.append_audit(Vec::new(), vec![event]).await?;
+        self.store.append_audit(crate::store::AuditBatch::events(vec![event])).await?;
         Ok(())
     }
 }

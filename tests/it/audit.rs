@@ -549,7 +549,7 @@ on_both! {
         let events: Vec<AuditEvent> =
             (0..2500).map(|i| AuditEvent::now(format!("bulk-{i}"), "customer.read")).collect();
         for _ in 0..10 {
-            store.append_audit(Vec::new(), events.clone()).await.unwrap();
+            store.append_audit(custodia::store::AuditBatch::events(events.clone())).await.unwrap();
         }
         let total = before + 25_000;
         let verifier = CheckpointVerifier::load(std::path::Path::new(&root_path("keys-example/audit-ed25519.pub.pem"))).unwrap();

@@ -31,9 +31,10 @@ use self::rows::{
     tombstone_from, uuid_at, uuid_value, Query, ALERT_COLUMNS, EVENT_COLUMNS, GRANT_COLUMNS,
 };
 use super::{
-    AlertRecord, AuditHead, AuditLinks, AuditQuery, AuditTallies, AuditTally, AuthzState, Backend, BootstrapOutcome,
-    Bucket, CustomerQuery, CustomerRecord, CustomerUpdate, GrantQuery, GrantRecord, IdempotencyRecord, IndexEntry,
-    SealedField, Store, StoreError, StoreOptions, Tombstone, UpdateOutcome, DISCLOSURE_ACTIONS,
+    AlertRecord, AuditBatch, AuditHead, AuditLinks, AuditQuery, AuditTallies, AuditTally, AuthzState, Backend,
+    BootstrapOutcome, Bucket, CustomerQuery, CustomerRecord, CustomerUpdate, GrantQuery, GrantRecord,
+    IdempotencyRecord, IndexEntry, SealedField, Store, StoreError, StoreOptions, Tombstone, UpdateOutcome,
+    DISCLOSURE_ACTIONS,
 };
 use crate::audit::{AuditEvent, Checkpoint, StoredEvent};
 use crate::crypto::WrappedKey;
@@ -573,14 +574,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append_audit(
-        &self,
-        records: Vec<CustomerRecord>,
-        events: Vec<AuditEvent>,
-    ) -> Result<AuditHead, StoreError> {
+    async fn append_audit(&self, batch: Arc<AuditBatch>) -> Result<AuditHead, StoreError> {
         self.write(WriteKind::Audit, move |c| {
-            insert_records(c, &records)?;
-            append_events(c, &events)
+            insert_records(c, &batch.records)?;
+            append_events(c, &batch.events)
         })
         .await
     }
