@@ -194,7 +194,8 @@ async fn write_loop(
         if let Some(head) = head {
             maybe_checkpoint(&*store, &signer, policy, &last_checkpoint, head.seq, &head.chain_hash, false).await;
         }
-        // The store has let go of the batch by now; its buffers are taken back, emptied.
+        // The store has normally let go of the batch by now and its buffers are taken back,
+        // emptied; if a timed-out write still holds it, the next batch starts with new ones.
         batch = Arc::try_unwrap(shared).unwrap_or_default();
         batch.events.clear();
         batch.records.clear();
