@@ -4,8 +4,8 @@
 #
 #   bench/run-queue.sh BINARY NAME RATE [SECONDS]
 #
-# BINARY: a custodia-bench build. Runs `BINARY --soak 3 --soak-rate RATE --soak-peak-seconds 10`
-# (report in /tmp/run-queue-NAME.md), and from 30 s after the load is held it reads
+# BINARY: a custodia-bench build. Starts `BINARY --soak 3 --soak-rate RATE` (bench/short-soak.sh;
+# report in /tmp/run-queue-NAME.md), and from 30 s after the load is held it reads
 # /proc/PID/task/*/schedstat of the held vault and of the driver, SECONDS (60) apart. Per thread
 # name it prints: the time running and the time runnable but waiting for a CPU (both in per cent
 # of one core: 100 = one thread the whole time), how many times the threads were put on a CPU
@@ -18,15 +18,10 @@ name=${2:?name}
 rate=${3:?requests per second}
 seconds=${4:-60}
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/short-soak.sh
+. bench/short-soak.sh
 out=/tmp/run-queue-$name
-rm -f "$out".*
-MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2} "$binary" --soak 3 --soak-rate "$rate" --soak-peak-seconds 10 \
-  --output "$out.md" >"$out.log" 2>&1 &
-bench=$!
-until grep -q "holding" "$out.log"; do
-  kill -0 "$bench" 2>/dev/null || { cat "$out.log" >&2; exit 1; }
-  sleep 1
-done
+start_short_soak "$binary" "$out" 3 "$rate"
 sleep 30
 server=$(pgrep -P "$bench" | head -1)
 [ -n "$server" ] || { echo "no held vault under the driver (pid $bench)" >&2; exit 1; }
