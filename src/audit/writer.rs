@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::checkpoint::CheckpointSigner;
 use super::event::AuditEvent;
 use crate::store::{AuditBatch, CustomerRecord, Store, StoreError};
+use crate::telemetry::stage::{Handed, Stage};
 
 /// Most events in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -44,8 +45,8 @@ pub enum AuditError {
     Stopped,
 }
 
-type AppendAck = oneshot::Sender<Result<i64, String>>;
-type CreateAck = oneshot::Sender<Result<(), StoreError>>;
+type AppendAck = oneshot::Sender<Handed<Result<i64, String>>>;
+type CreateAck = oneshot::Sender<Handed<Result<(), StoreError>>>;
 
 enum Job {
     Append(AuditEvent, AppendAck),
@@ -125,8 +126,9 @@ impl AuditLog {
     /// Appends an event and waits until it is durably committed; returns its sequence number.
     pub async fn append(&self, event: AuditEvent) -> Result<i64, AuditError> {
         let (ack, done) = oneshot::channel();
+        let queued = std::time::Instant::now();
         self.tx.send(Job::Append(event, ack)).await.map_err(|_| AuditError::Stopped)?;
-        match done.await {
+        match done.await.map(|h| h.resumed(Stage::Audit, queued)) {
             Ok(Ok(seq)) => Ok(seq),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "AUDIT WRITE FAILED: request refused");
@@ -141,8 +143,9 @@ impl AuditLog {
     /// before the batch starts.
     pub async fn create(&self, record: CustomerRecord, event: AuditEvent) -> Result<(), StoreError> {
         let (ack, done) = oneshot::channel();
+        let queued = std::time::Instant::now();
         self.tx.send(Job::Create(Box::new(record), event, ack)).await.map_err(|_| unavailable())?;
-        done.await.map_err(|_| unavailable())?
+        done.await.map_err(|_| unavailable())?.resumed(Stage::Audit, queued)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -228,13 +231,14 @@ async fn commit(store: &dyn Store, batch: &Arc<AuditBatch>, acks: &mut Vec<Ack>)
 
 /// Tells each job of a committed batch, the first of which got sequence number `first`.
 fn answer(first: i64, acks: impl Iterator<Item = Ack>) {
+    let at = std::time::Instant::now();
     for (i, ack) in acks.enumerate() {
         match ack {
             Ack::Append(ack) => {
-                let _ = ack.send(Ok(first + i as i64));
+                let _ = ack.send(Handed::at(Ok(first + i as i64), at));
             }
             Ack::Create(ack) => {
-                let _ = ack.send(Ok(()));
+                let _ = ack.send(Handed::at(Ok(()), at));
             }
         }
     }
@@ -247,10 +251,10 @@ fn refuse(e: &StoreError, acks: impl Iterator<Item = Ack>) {
     for ack in acks {
         match ack {
             Ack::Append(ack) => {
-                let _ = ack.send(Err(msg.clone()));
+                let _ = ack.send(Handed::now(Err(msg.clone())));
             }
             Ack::Create(ack) => {
-                let _ = ack.send(Err(unavailable()));
+                let _ = ack.send(Handed::now(Err(unavailable())));
             }
         }
     }
@@ -296,11 +300,11 @@ async fn separately(
         let one = Arc::new(AuditBatch { records: vec![record.clone()], events: vec![event.clone()] });
         match store.append_audit(one).await {
             Ok(h) => {
-                let _ = ack.send(Ok(()));
+                let _ = ack.send(Handed::now(Ok(())));
                 head = Some(h);
             }
             Err(e) => {
-                let _ = ack.send(Err(e));
+                let _ = ack.send(Handed::now(Err(e)));
             }
         }
     }
@@ -430,11 +434,11 @@ mod tests {
             ],
         )
         .await;
-        let (s1, s2) = (read1_done.await.unwrap().unwrap(), read2_done.await.unwrap().unwrap());
+        let (s1, s2) = (read1_done.await.unwrap().value.unwrap(), read2_done.await.unwrap().value.unwrap());
         assert_eq!((s1, s2), (1, 2), "the reads' events commit in their order");
-        create_a_done.await.unwrap().unwrap();
-        create_b_done.await.unwrap().unwrap();
-        let dup = dup_done.await.unwrap().unwrap_err();
+        create_a_done.await.unwrap().value.unwrap();
+        create_b_done.await.unwrap().value.unwrap();
+        let dup = dup_done.await.unwrap().value.unwrap_err();
         assert!(dup.is_constraint(), "{dup}");
         assert!(store.customer(a).await.unwrap().is_some());
         assert!(store.customer(b).await.unwrap().is_some());
@@ -460,8 +464,8 @@ mod tests {
         }
         one_batch(store.clone(), jobs).await;
         for (i, (c, r)) in created.into_iter().zip(read).enumerate() {
-            c.await.unwrap().unwrap();
-            assert_eq!(r.await.unwrap().unwrap(), 2 * i as i64 + 2);
+            c.await.unwrap().value.unwrap();
+            assert_eq!(r.await.unwrap().value.unwrap(), 2 * i as i64 + 2);
         }
         for id in &ids {
             assert!(store.customer(*id).await.unwrap().is_some());

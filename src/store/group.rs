@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{CustomerRecord, Store, StoreError};
+use crate::telemetry::stage::{Handed, Stage};
 
 /// Reads that may wait for the loop.
 const QUEUE: usize = 4096;
@@ -26,7 +27,7 @@ const MAX_READ_BATCH: usize = 64;
 /// time, and each batch holds whatever arrived during the previous one.
 const READS_IN_FLIGHT: usize = 4;
 
-type ReadAck = oneshot::Sender<Result<Option<CustomerRecord>, StoreError>>;
+type ReadAck = oneshot::Sender<Handed<Result<Option<CustomerRecord>, StoreError>>>;
 
 /// Combines single-customer reads that wait at the same moment into one `IN (…)` query (the
 /// read-side counterpart of the group commit): each query is a round trip to a connection's
@@ -49,8 +50,9 @@ impl ReadQueue {
     /// One customer record, whatever its region (the caller checks scope).
     pub async fn customer(&self, id: uuid::Uuid) -> Result<Option<CustomerRecord>, StoreError> {
         let (ack, done) = oneshot::channel();
+        let queued = std::time::Instant::now();
         self.tx.send((id, ack)).await.map_err(|_| unavailable())?;
-        done.await.map_err(|_| unavailable())?
+        done.await.map_err(|_| unavailable())?.resumed(Stage::Read, queued)
     }
 }
 
@@ -75,7 +77,7 @@ async fn read_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(uuid::Uuid, Re
             if let [(id, _)] = batch.as_slice() {
                 let result = store.customer(*id).await;
                 if let Some((_, ack)) = batch.pop() {
-                    let _ = ack.send(result);
+                    let _ = ack.send(Handed::now(result));
                 }
                 return;
             }
@@ -97,7 +99,7 @@ async fn read_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(uuid::Uuid, Re
                 Some(e) if e.is_unavailable() => {
                     tracing::warn!(error = %e, reads = batch.len(), "database unavailable: combined read refused");
                     for (_, ack) in batch {
-                        let _ = ack.send(Err(unavailable()));
+                        let _ = ack.send(Handed::now(Err(unavailable())));
                     }
                     return;
                 }
@@ -105,15 +107,16 @@ async fn read_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(uuid::Uuid, Re
                     // Each caller gets its own outcome from its own read.
                     tracing::warn!(error = %e, reads = batch.len(), "combined read failed; reading one by one");
                     for (id, ack) in batch {
-                        let _ = ack.send(store.customer(id).await);
+                        let _ = ack.send(Handed::now(store.customer(id).await));
                     }
                     return;
                 }
                 None => {}
             }
+            let at = std::time::Instant::now();
             for (id, ack) in batch {
                 let record = found.iter().find(|r| r.id == id).cloned();
-                let _ = ack.send(Ok(record));
+                let _ = ack.send(Handed::at(Ok(record), at));
             }
         });
     }

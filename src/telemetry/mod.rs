@@ -12,6 +12,7 @@
 use tracing_subscriber::EnvFilter;
 
 pub mod prometheus;
+pub mod stage;
 
 use crate::config::LogFormat;
 

@@ -48,6 +48,11 @@ pub const SQLITE_WRITE: &str = "custodia_sqlite_write_seconds";
 /// SQLite: how long a write waited for the writer's turn, in seconds: `kind` as above.
 pub const SQLITE_WRITE_WAIT: &str = "custodia_sqlite_write_wait_seconds";
 
+/// Where a request waited on another thread, in seconds: `stage` = read, audit (queued to
+/// answered: the read queue or the audit writer, its queue and its work), read_resume,
+/// audit_resume (answered to the request's task running again: the wait for a runtime worker).
+pub const REQUEST_STAGE: &str = "custodia_request_stage_seconds";
+
 /// Latency buckets, seconds: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 /// Batch-size buckets, events.
@@ -128,6 +133,11 @@ fn describe() {
         "SQLite: time a write held the one writer's turn (transaction and commit), by kind (audit, customers, budget, index, other)"
     );
     describe_histogram!(SQLITE_WRITE_WAIT, Unit::Seconds, "SQLite: time a write waited for the writer's turn, by kind");
+    describe_histogram!(
+        REQUEST_STAGE,
+        Unit::Seconds,
+        "Where a request waited on another thread, by stage (read, audit: queued to answered; read_resume, audit_resume: answered to running again)"
+    );
 }
 
 /// The running metrics endpoint.

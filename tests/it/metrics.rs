@@ -36,6 +36,9 @@ async fn metrics_count_what_happened(h: Harness) {
     let forbidden = r#"custodia_denials_total{reason="forbidden"}"#;
     let reads_before = sample(&before, read).unwrap_or(0.0);
     let denials_before = sample(&before, forbidden).unwrap_or(0.0);
+    let stages = ["read", "read_resume", "audit", "audit_resume"]
+        .map(|stage| format!(r#"custodia_request_stage_seconds_count{{stage="{stage}"}}"#));
+    let stages_before = stages.clone().map(|s| sample(&before, &s).unwrap_or(0.0));
 
     for _ in 0..3 {
         assert_eq!(h.get(&format!("/v1/customers/{id}"), ALICE).send().await.unwrap().status(), 200);
@@ -56,6 +59,13 @@ async fn metrics_count_what_happened(h: Harness) {
     let after = scrape(&h).await;
     assert!(sample(&after, read).unwrap() >= reads_before + 3.0, "reads not counted:\n{after}");
     assert!(sample(&after, forbidden).unwrap() > denials_before, "denial not counted:\n{after}");
+    // Where the reads waited on other threads: each read's record from the read queue and its
+    // event's commit from the audit writer, each timed to its answer and to the request running
+    // again. Remove the `resumed` call in `ReadQueue::customer` (store/group.rs) or in
+    // `AuditLog::append` (audit/writer.rs) to see this fail.
+    for (series, before) in stages.iter().zip(stages_before) {
+        assert!(sample(&after, series).is_some_and(|n| n >= before + 3.0), "{series} not counted:\n{after}");
+    }
     for family in [
         "custodia_http_request_duration_seconds_bucket",
         "custodia_audit_batch_events_bucket",

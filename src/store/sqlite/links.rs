@@ -33,9 +33,11 @@ const LINKS_PER_TURN: i64 = 2048;
 /// Links per step of a turn: between steps, a turn ends early when another write is waiting for
 /// the writer (an audit commit, which requests wait for), so it delays that write by one step
 /// and the turn's commit, not by a whole turn. The next synced commit still syncs the turn's
-/// pages. The step's size was not tuned: 256 took the answer-time p99 down by a third against
-/// whole turns, at ≈ 5 % more CPU per read (docs/PERFORMANCE.md, 2026-12-05 evening).
-const LINKS_PER_STEP: i64 = 256;
+/// pages. Steps of 256 took the answer-time p99 down by a third against whole turns, at ≈ 5 %
+/// more CPU per read (docs/PERFORMANCE.md, 2026-12-05 evening); steps of 64 shortened the audit
+/// commits' waits behind them again, with the tail of the requests' audit stage, at no CPU
+/// per request that paired runs could tell (2026-12-06, late).
+const LINKS_PER_STEP: i64 = 64;
 
 /// The sequence numbers of a customer's events: the customer is bound after each part.
 /// One statement: the index, its mark and the newer links come from one snapshot.
