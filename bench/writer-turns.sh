@@ -8,8 +8,9 @@
 # --customers 1000000`), where CONF sets only `metrics_listen` (port 9464, loopback), scrapes the
 # held vault's /metrics every 5 s (an interval is printed when a scrape fell within 6 s of its
 # end; the last one may not be), and prints, per interval of the soak's held load: for each
-# kind of write (audit, customers, budget, index, other) the turns per second, the time the
-# turns held the writer per second of wall clock, the mean turn and the mean wait for it; the
+# kind of write (audit, customers, budget, other; and index, in builds before the audit index
+# file of 2026-12-07) the turns per second, the time the turns held the writer per second of
+# wall clock, the mean turn and the mean wait for it; the
 # audit events per group commit; and the writer's busy time per second (the sum of the kinds).
 # Histograms: `custodia_sqlite_write_seconds{kind}` and `custodia_sqlite_write_wait_seconds{kind}`
 # (docs/OPERATIONS.md, "Metrics"). Needs curl and python3. Loopback only; bounded by the soak.

@@ -302,7 +302,7 @@ async fn tampering_is_named_postgres() {
 /// Waits until SQLite's customer index of the access log holds every link written so far.
 async fn customer_index_caught_up(h: &Harness) {
     for _ in 0..100 {
-        let through = h.scalar("SELECT through FROM audit_customer_index_state").await;
+        let through = h.scalar("SELECT through FROM ix.audit_customer_index_state").await;
         if through >= h.scalar("SELECT coalesce(max(seq), 0) FROM audit_event_customers").await {
             return;
         }
@@ -311,7 +311,7 @@ async fn customer_index_caught_up(h: &Harness) {
     panic!("the customer index did not catch up within 10 s");
 }
 
-/// SQLite indexes the access log by customer behind its writer (migration 0010). A customer's
+/// SQLite indexes the access log by customer in a file of its own (`store/sqlite/links.rs`). A customer's
 /// events are listed the same before and after the index caught up, and the index is checked
 /// against the chain like the links written with the events: drop the second copy returned by
 /// `SqliteStore::audit_links` and the two tamperings below verify as ok.
@@ -335,7 +335,7 @@ async fn the_customer_index_lists_and_verifies_like_the_links_sqlite() {
     customer_index_caught_up(&h).await;
     assert_eq!(events().await, listed);
     let indexed =
-        h.scalar(&format!("SELECT count(*) FROM audit_customer_index WHERE customer_id = X'{}'", id.simple())).await;
+        h.scalar(&format!("SELECT count(*) FROM ix.audit_customer_index WHERE customer_id = X'{}'", id.simple())).await;
     assert_eq!(indexed, 4);
     // One more read: two copies answer one list.
     assert_eq!(h.get(&format!("/v1/customers/{id}"), ALICE).send().await.unwrap().status(), 200);
@@ -348,10 +348,10 @@ async fn the_customer_index_lists_and_verifies_like_the_links_sqlite() {
     // seq 6 is the first read of `with_traffic`, seq 8 the second (of another customer).
     type Case = (&'static str, &'static str, i64);
     let cases: [Case; 2] = [
-        ("prune the customer index", "DELETE FROM audit_customer_index WHERE seq = 6", 6),
+        ("prune the customer index", "DELETE FROM ix.audit_customer_index WHERE seq = 6", 6),
         (
             "forge a link in the customer index",
-            "INSERT INTO audit_customer_index (customer_id, seq) SELECT customer_id, 8 FROM audit_customer_index WHERE seq = 6",
+            "INSERT INTO ix.audit_customer_index (customer_id, seq) SELECT customer_id, 8 FROM ix.audit_customer_index WHERE seq = 6",
             8,
         ),
     ];

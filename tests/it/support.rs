@@ -366,10 +366,10 @@ impl Harness {
                     "audit_checkpoints_no_delete",
                     "audit_event_customers_no_update",
                     "audit_event_customers_no_delete",
-                    "audit_customer_index_no_update",
-                    "audit_customer_index_no_delete",
-                    "audit_customer_index_state_forward",
-                    "audit_customer_index_state_no_delete",
+                    "ix.audit_customer_index_no_update",
+                    "ix.audit_customer_index_no_delete",
+                    "ix.audit_customer_index_state_forward",
+                    "ix.audit_customer_index_state_no_delete",
                 ]
                 .iter()
                 .map(|t| format!("DROP TRIGGER IF EXISTS {t}"))
@@ -420,7 +420,7 @@ impl Harness {
         match &self.db {
             Db::Sqlite { path, .. } => {
                 let mut out = Vec::new();
-                for suffix in ["", "-wal", "-shm"] {
+                for suffix in ["", "-wal", "-shm", "-audit-index", "-audit-index-wal"] {
                     let mut p = path.as_os_str().to_owned();
                     p.push(suffix);
                     if let Ok(bytes) = std::fs::read(PathBuf::from(p)) {
@@ -491,7 +491,20 @@ impl Bind {
 pub fn sqlite_at(path: &std::path::Path) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(path).unwrap();
     c.busy_timeout(Duration::from_secs(10)).unwrap();
+    // The access log's customer index, in its own file once the vault opened the database.
+    let index = sqlite_index_path(path);
+    if index.exists() {
+        c.execute("ATTACH DATABASE ?1 AS ix", [index.to_str().unwrap()]).unwrap();
+    }
     c
+}
+
+/// The file of SQLite's customer index of the access log, beside the database (attached as
+/// `ix` by [`sqlite_at`]).
+pub fn sqlite_index_path(path: &std::path::Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-audit-index");
+    PathBuf::from(p)
 }
 
 /// Runs `f` on a fresh connection to the SQLite file, off the async runtime.

@@ -1,11 +1,10 @@
 //! SQLite connections (rusqlite, used off the async runtime): one writer, a set of read-only
-//! readers, and the WAL checkpointer.
+//! readers (with the audit index file attached, see `links.rs`), and the WAL checkpointer.
 //!
 //! Owns: opening connections with the store's settings and handing them out in turn. Must
 //! never: run a statement on an async worker thread.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -89,8 +88,6 @@ pub(super) enum WriteKind {
     Customers,
     /// A per-principal budget charged.
     Budget,
-    /// A turn of the customer-keyed access-log index (`links.rs`).
-    Index,
     /// Anything else: grants, alerts, checkpoints, maintenance.
     Other,
 }
@@ -101,7 +98,6 @@ impl WriteKind {
             WriteKind::Audit => "audit",
             WriteKind::Customers => "customers",
             WriteKind::Budget => "budget",
-            WriteKind::Index => "index",
             WriteKind::Other => "other",
         }
     }
@@ -114,34 +110,11 @@ pub(super) struct Writer {
     conn: Mutex<Option<Connection>>,
     permit: Arc<Semaphore>,
     wait: Duration,
-    /// Writes waiting for the turn, but for background ones ([`Writer::write_behind`]), which
-    /// check it to end their turn early (see `links.rs`).
-    waiting: AtomicUsize,
-}
-
-/// Counts one write as waiting while it lives.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Writer {
     pub(super) fn new(path: PathBuf, conn: Connection, wait: Duration) -> Self {
-        Writer {
-            path,
-            conn: Mutex::new(Some(conn)),
-            permit: Arc::new(Semaphore::new(1)),
-            wait,
-            waiting: AtomicUsize::new(0),
-        }
-    }
-
-    /// Whether a write other than a background one is waiting for the turn now.
-    pub(super) fn is_awaited(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed) > 0
+        Writer { path, conn: Mutex::new(Some(conn)), permit: Arc::new(Semaphore::new(1)), wait }
     }
 
     /// Runs `f` in one `IMMEDIATE` transaction, committed if `f` succeeds, rolled back
@@ -152,7 +125,7 @@ impl Writer {
         kind: WriteKind,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.write_with(kind, Sync::Full, true, f).await
+        self.write_with(kind, Sync::Full, f).await
     }
 
     /// Like [`Writer::write`], but the commit does not wait for the disk (`synchronous =
@@ -166,35 +139,17 @@ impl Writer {
         kind: WriteKind,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.write_with(kind, Sync::Deferred, true, f).await
+        self.write_with(kind, Sync::Deferred, f).await
     }
 
-    /// Like [`Writer::write_unsynced`], for background work that can wait: it is not counted
-    /// by [`Writer::is_awaited`], which it should check to end its turn early.
-    pub(super) async fn write_behind<R: Send + 'static>(
-        self: &Arc<Self>,
-        kind: WriteKind,
-        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        self.write_with(kind, Sync::Deferred, false, f).await
-    }
-
-    /// `counted`: whether the write shows in [`Writer::is_awaited`] while it waits.
     async fn write_with<R: Send + 'static>(
         self: &Arc<Self>,
         kind: WriteKind,
         sync: Sync,
-        counted: bool,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         let asked = Instant::now();
-        let held = if counted {
-            self.waiting.fetch_add(1, Ordering::Relaxed);
-            let _waiting = Waiting(&self.waiting);
-            turn(&self.permit, self.wait).await?
-        } else {
-            turn(&self.permit, self.wait).await?
-        };
+        let held = turn(&self.permit, self.wait).await?;
         // Held from here to its release, the hand-over to a blocking thread included: the
         // writer is as unavailable to others then as during the transaction.
         // The label is not even built when metrics are off (a non-literal label allocates).
@@ -292,6 +247,7 @@ impl Readers {
                 let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
                 let c = Connection::open_with_flags(&self.path, flags)?;
                 c.busy_timeout(BUSY_TIMEOUT)?;
+                super::links::attach(&c, &self.path)?;
                 // IN lists come in power-of-two lengths, with or without a scope filter.
                 c.set_prepared_statement_cache_capacity(64);
                 c

@@ -1,50 +1,86 @@
-//! The customer-keyed access-log index (migration 0010), filled behind the writer.
+//! The customer-keyed index of the access log, kept in a file of its own beside the database
+//! (`<file>-audit-index`) and filled by a thread of its own.
 //!
 //! An event's links (which customers it concerns) are written with the event, in its synced
 //! commit, to `audit_event_customers`, keyed by sequence number: the rightmost pages of one
-//! B-tree. Access reports and `?customer=` searches need them by customer; inserting them into a
-//! customer-keyed B-tree in the same commit cost one random page per link, about half of the
-//! pages every request waited for. This task copies them into `audit_customer_index` a short
-//! transaction at a time, sorted by customer (several links to one customer share a page), and
-//! moves `audit_customer_index_state.through` forward in the same transaction. Queries take
-//! events up to `through` from the index and events after it from `audit_event_customers`
-//! ([`CUSTOMER_EVENTS`]), so they see every link, indexed or not.
+//! B-tree. Access reports and `?customer=` searches need them by customer; a customer-keyed
+//! B-tree costs one random page per link. In the database's own file, those pages held the one
+//! writer a fifth of its time under load and went to disk with every audit commit's sync
+//! (docs/PERFORMANCE.md, 2026-12-07). Here, the index thread copies the links into
+//! `audit_customer_index`, sorted by customer, a turn at a time, and moves
+//! `audit_customer_index_state.through` forward in the same transaction of the index file: it
+//! never takes the database's write lock, and audit commits never wait for it.
 //!
-//! The index's commits do not wait for the disk (`synchronous = NORMAL`): they are durable with
-//! the next audit commit, and a crash before it loses an index turn and its mark together, which
-//! the next turn redoes.
+//! Readers attach the index file as schema `ix`. Queries take events up to `through` from the
+//! index and events after it from `audit_event_customers` ([`CUSTOMER_EVENTS`]), so they see
+//! every link, indexed or not.
 //!
-//! Owns: the index and its mark. Must never: hold the writer for more than one short turn at a
-//! time, or change the index without its mark (or the mark without the index).
+//! The index is derived: it holds customer ids and sequence numbers, no personal data, and can
+//! always be rebuilt from the links. Its commits do not wait for the disk (`synchronous =
+//! NORMAL`): a crash loses the last turns and their mark together, which the thread redoes. The
+//! mark carries the chain hash of its event; an index whose mark does not match the database's
+//! chain (a database restored from a backup, or copied without its index file) is emptied at
+//! open and rebuilt, and until then queries read the links unindexed. Verification checks the
+//! index against the links like any copy of the access log.
+//!
+//! Owns: the index file, its schema, its mark and the thread that fills it. Must never: write
+//! to the database's own file, or change the index without its mark (or the mark without the
+//! index).
 
-use std::sync::{Arc, Weak};
+use std::path::{Path, PathBuf};
+use std::sync::Weak;
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use super::connections::{Readers, WriteKind, Writer};
 use crate::store::StoreError;
 
-/// How often the task looks for links to index. Queries scan at most the links written since
-/// (by sequence number, a range of `audit_event_customers`' key).
+/// The index file's suffix, after the database file's name.
+const SUFFIX: &str = "-audit-index";
+/// The index file's layout; a file with another is emptied and rebuilt.
+const LAYOUT: i64 = 1;
+/// How long the thread rests after a turn that caught up. Queries scan at most the links
+/// written since (by sequence number, a range of `audit_event_customers`' key).
 const EVERY: Duration = Duration::from_millis(500);
-/// Links per turn at most (an event's links are never split between turns).
-const LINKS_PER_TURN: i64 = 2048;
-/// Links per step of a turn: between steps, a turn ends early when another write is waiting for
-/// the writer (an audit commit, which requests wait for), so it delays that write by one step
-/// and the turn's commit, not by a whole turn. The next synced commit still syncs the turn's
-/// pages. Steps of 256 took the answer-time p99 down by a third against whole turns, at ≈ 5 %
-/// more CPU per read (docs/PERFORMANCE.md, 2026-12-05 evening); steps of 64 shortened the audit
-/// commits' waits behind them again, with the tail of the requests' audit stage, at no CPU
-/// per request that paired runs could tell (2026-12-06, late).
-const LINKS_PER_STEP: i64 = 64;
+/// Links per turn at most (an event's links are never split between turns). A turn holds only
+/// the index file's write lock, which nothing on a request's path waits for.
+const LINKS_PER_TURN: i64 = 8192;
+/// How long a statement waits for another process's lock on either file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SCHEMA_SQL: &str = "\
+CREATE TABLE IF NOT EXISTS audit_customer_index (
+    customer_id BLOB    NOT NULL,
+    seq         INTEGER NOT NULL,
+    PRIMARY KEY (customer_id, seq)
+) WITHOUT ROWID;
+-- Verification reads the index a range of sequence numbers at a time.
+CREATE INDEX IF NOT EXISTS audit_customer_index_seq ON audit_customer_index (seq);
+CREATE TABLE IF NOT EXISTS audit_customer_index_state (
+    id           INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+    through      INTEGER NOT NULL,
+    through_hash BLOB
+);
+INSERT OR IGNORE INTO audit_customer_index_state (id, through, through_hash) VALUES (1, 0, NULL);
+CREATE TRIGGER IF NOT EXISTS audit_customer_index_no_update BEFORE UPDATE ON audit_customer_index
+BEGIN SELECT RAISE(ABORT, 'the customer index is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_customer_index_no_delete BEFORE DELETE ON audit_customer_index
+BEGIN SELECT RAISE(ABORT, 'the customer index is append-only'); END;
+-- The mark only moves forward.
+CREATE TRIGGER IF NOT EXISTS audit_customer_index_state_forward BEFORE UPDATE ON audit_customer_index_state
+WHEN NEW.through < OLD.through
+BEGIN SELECT RAISE(ABORT, 'the customer index is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_customer_index_state_no_delete BEFORE DELETE ON audit_customer_index_state
+BEGIN SELECT RAISE(ABORT, 'the customer index is append-only'); END;";
+/// Empties the index: dropped and created again (the triggers go with their tables).
+const DROP_SQL: &str = "DROP TABLE IF EXISTS audit_customer_index; DROP TABLE IF EXISTS audit_customer_index_state;";
 
 /// The sequence numbers of a customer's events: the customer is bound after each part.
-/// One statement: the index, its mark and the newer links come from one snapshot.
+/// One statement: the index, its mark and the newer links come from one read transaction.
 pub(super) const CUSTOMER_EVENTS: (&str, &str) = (
-    "SELECT seq FROM audit_customer_index WHERE customer_id = ",
+    "SELECT seq FROM ix.audit_customer_index WHERE customer_id = ",
     " UNION ALL SELECT seq FROM audit_event_customers \
-     WHERE seq > (SELECT through FROM audit_customer_index_state WHERE id = 1) AND customer_id = ",
+     WHERE seq > (SELECT through FROM ix.audit_customer_index_state WHERE id = 1) AND customer_id = ",
 );
 
 /// The links of events `?1..=?2` as written with the events.
@@ -52,71 +88,143 @@ pub(super) const LINKS_BY_SEQ: &str =
     "SELECT seq, customer_id FROM audit_event_customers WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq, customer_id";
 /// The links of events `?1..=?2` as the customer index holds them.
 pub(super) const INDEXED_LINKS: &str =
-    "SELECT seq, customer_id FROM audit_customer_index WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq, customer_id";
+    "SELECT seq, customer_id FROM ix.audit_customer_index WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq, customer_id";
 /// How far the index is complete.
-pub(super) const THROUGH: &str = "SELECT through FROM audit_customer_index_state WHERE id = 1";
+pub(super) const THROUGH: &str = "SELECT through FROM ix.audit_customer_index_state WHERE id = 1";
 /// The last sequence number of the next turn: the event of the `LINKS_PER_TURN`-th link after
-/// the mark, or the last link's.
+/// the mark, or the last link's (read from the database).
 const TURN_END: &str = "SELECT coalesce(\
      (SELECT seq FROM audit_event_customers WHERE seq > ?1 ORDER BY seq LIMIT 1 OFFSET ?2), \
      (SELECT max(seq) FROM audit_event_customers WHERE seq > ?1))";
-const PENDING: &str = "SELECT EXISTS (SELECT 1 FROM audit_event_customers WHERE seq > \
-     (SELECT through FROM audit_customer_index_state WHERE id = 1))";
-const COPY: &str = "INSERT OR IGNORE INTO audit_customer_index (customer_id, seq) \
-     SELECT customer_id, seq FROM audit_event_customers WHERE seq > ?1 AND seq <= ?2 ORDER BY customer_id, seq";
-const MOVE_MARK: &str = "UPDATE audit_customer_index_state SET through = ?1 WHERE id = 1";
+/// The links of one turn (read from the database).
+const TURN_LINKS: &str = "SELECT customer_id, seq FROM audit_event_customers WHERE seq > ?1 AND seq <= ?2";
+/// The chain hash of an event (read from the database).
+const CHAIN_HASH: &str = "SELECT chain_hash FROM audit_events WHERE seq = ?1";
+/// The index's mark and the chain hash of its event (in the index file).
+const MARK: &str = "SELECT through, through_hash FROM audit_customer_index_state WHERE id = 1";
+const INSERT: &str = "INSERT OR IGNORE INTO audit_customer_index (customer_id, seq) VALUES (?1, ?2)";
+const MOVE_MARK: &str = "UPDATE audit_customer_index_state SET through = ?1, through_hash = ?2 WHERE id = 1";
 
-/// Starts the task on the current runtime; it stops when the store is dropped.
-pub(super) fn spawn(writer: Weak<Writer>, readers: Weak<Readers>) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        tracing::warn!("no async runtime: the access log is not indexed by customer; queries read the links unindexed");
-        return;
-    };
-    runtime.spawn(async move {
-        loop {
-            tokio::time::sleep(EVERY).await;
-            let (Some(writer), Some(readers)) = (writer.upgrade(), readers.upgrade()) else { return };
-            if let Err(e) = catch_up(&writer, &readers).await {
-                tracing::warn!(error = %e, "cannot index the access log by customer yet; queries read the newer links unindexed");
-            }
-        }
-    });
+/// The index file of the database at `database`.
+pub(super) fn index_path(database: &Path) -> PathBuf {
+    let mut p = database.as_os_str().to_owned();
+    p.push(SUFFIX);
+    PathBuf::from(p)
 }
 
-/// Indexes every link written so far, one turn of the writer at a time.
-pub(super) async fn catch_up(writer: &Arc<Writer>, readers: &Arc<Readers>) -> Result<(), StoreError> {
-    // Asked of a reader first: an idle store never takes the writer's turn.
-    while readers.read(|c| Ok(c.query_row(PENDING, [], |r| r.get::<_, bool>(0))?)).await? {
-        let awaited = writer.clone();
-        // A turn that ended early queues again at once, behind the writes waiting then (the
-        // turn is first come, first served). Pausing here for 20 ms instead raised the median
-        // wait further, growing over the run (docs/PERFORMANCE.md, 2026-12-05 evening).
-        writer.write_behind(WriteKind::Index, move |c| turn(c, &|| awaited.is_awaited())).await?;
-    }
+/// Attaches the index file to a connection as schema `ix` (read-only on a read-only connection).
+pub(super) fn attach(c: &Connection, database: &Path) -> Result<(), StoreError> {
+    let index = index_path(database);
+    let Some(index) = index.to_str() else {
+        return Err(StoreError::Config("the SQLite file's path is not UTF-8".into()));
+    };
+    c.execute("ATTACH DATABASE ?1 AS ix", [index])?;
     Ok(())
 }
 
-/// One turn: copies the next links in customer order, a step at a time until `awaited` says
-/// that another write waits (or `LINKS_PER_TURN` are copied), and moves the mark past them.
-/// Returns the steps taken, and whether it ended early for another write.
-fn turn(c: &Connection, awaited: &dyn Fn() -> bool) -> Result<(usize, bool), StoreError> {
-    let start: i64 = c.query_row(THROUGH, [], |r| r.get(0))?;
-    let (mut through, mut steps, mut yielded) = (start, 0, false);
-    while steps < (LINKS_PER_TURN / LINKS_PER_STEP) as usize {
-        let Some(end) = c.query_row(TURN_END, (through, LINKS_PER_STEP - 1), |r| r.get::<_, Option<i64>>(0))? else {
-            break;
+/// Opens the index file read-write (creating it), in WAL mode with `synchronous = NORMAL`.
+fn open_index(database: &Path) -> Result<Connection, StoreError> {
+    let c = Connection::open(index_path(database))?;
+    c.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Config(format!("the audit index file cannot use WAL (journal_mode {mode})")));
+    }
+    c.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(c)
+}
+
+/// Creates the index file if missing, and empties it if its layout is another or its mark does
+/// not lie on `database`'s chain. `database` is the migrated database, under the store's
+/// opening lock.
+pub(super) fn prepare(database: &Path, c: &Connection) -> Result<(), StoreError> {
+    let mut index = open_index(database)?;
+    let tx = index.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let layout: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    let stale = if layout != LAYOUT && tables > 0 {
+        Some(format!("its layout is {layout}, this binary's {LAYOUT}"))
+    } else if tables == 0 {
+        None
+    } else {
+        let (through, hash): (i64, Option<Vec<u8>>) = tx.query_row(MARK, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let chain: Option<Vec<u8>> = c.query_row(CHAIN_HASH, [through], |r| r.get(0)).optional()?;
+        (through > 0 && (hash.is_none() || chain != hash))
+            .then(|| format!("its mark (event {through}) is not on this database's chain"))
+    };
+    if let Some(why) = &stale {
+        tracing::warn!(reason = %why, "the audit index file belongs to another copy of the database: rebuilding it; until then customer queries of the access log read its links unindexed");
+        tx.execute_batch(DROP_SQL)?;
+    }
+    tx.execute_batch(SCHEMA_SQL)?;
+    tx.pragma_update(None, "user_version", LAYOUT)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Starts the index thread; it stops when `alive` is gone.
+pub(super) fn spawn(database: PathBuf, alive: Weak<()>) {
+    let started = std::thread::Builder::new().name("audit-index".into()).spawn(move || {
+        let opened = open_index(&database).and_then(|index| {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let log = Connection::open_with_flags(&database, flags)?;
+            log.busy_timeout(BUSY_TIMEOUT)?;
+            Ok((index, log))
+        });
+        let (mut index, log) = match opened {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the audit index file; customer queries of the access log read its links unindexed");
+                return;
+            }
         };
-        c.prepare_cached(COPY)?.execute((through, end))?;
-        (through, steps) = (end, steps + 1);
-        if awaited() {
-            yielded = true;
-            break;
+        while alive.upgrade().is_some() {
+            match turn(&log, &mut index) {
+                // Behind by a whole turn or more: on at once.
+                Ok(copied) if copied as i64 >= LINKS_PER_TURN => {}
+                // Caught up: back to back, each turn would find only the links written during
+                // the last one, and pay a commit for a handful.
+                Ok(_) => std::thread::sleep(EVERY),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot index the access log by customer yet; queries read the newer links unindexed");
+                    std::thread::sleep(EVERY);
+                }
+            }
         }
+    });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot start the audit index thread; customer queries of the access log read its links unindexed");
     }
-    if through > start {
-        c.prepare_cached(MOVE_MARK)?.execute([through])?;
+}
+
+/// One turn: copies the next links (at most `LINKS_PER_TURN`, whole events) from the database
+/// `log` into the index in customer order, and moves the mark past them with its event's chain
+/// hash, in one transaction of the index file. Returns the links copied.
+fn turn(log: &Connection, index: &mut Connection) -> Result<usize, StoreError> {
+    // The index file's lock first: a turn of another process in between cannot move the mark
+    // under this one.
+    let tx = index.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let through: i64 = tx.query_row(MARK, [], |r| r.get(0))?;
+    let Some(end) = log.query_row(TURN_END, (through, LINKS_PER_TURN - 1), |r| r.get::<_, Option<i64>>(0))? else {
+        return Ok(0);
+    };
+    // The links of events up to `end` are committed with their events and never change.
+    let mut links = log
+        .prepare_cached(TURN_LINKS)?
+        .query_map((through, end), |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let hash: Vec<u8> = log.query_row(CHAIN_HASH, [end], |r| r.get(0))?;
+    // In key order: links to one customer share a page, and each page is written once.
+    links.sort_unstable();
+    {
+        let mut insert = tx.prepare_cached(INSERT)?;
+        for (customer, seq) in &links {
+            insert.execute((customer, seq))?;
+        }
+        tx.prepare_cached(MOVE_MARK)?.execute((end, hash))?;
     }
-    Ok((steps, yielded))
+    tx.commit()?;
+    Ok(links.len())
 }
 
 #[cfg(test)]
@@ -130,91 +238,144 @@ mod tests {
         stmt.query_map(rusqlite::params_from_iter(params), |r| r.get(3)).unwrap().map(Result::unwrap).collect()
     }
 
-    fn migrated() -> (tempfile::TempDir, Connection) {
+    /// A migrated database with its index file prepared, and a connection to it with the
+    /// index attached, as readers have it.
+    fn migrated() -> (tempfile::TempDir, PathBuf, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Connection::open(dir.path().join("l.db")).unwrap();
+        let path = dir.path().join("l.db");
+        let mut c = Connection::open(&path).unwrap();
         super::super::migrate::run(&mut c).unwrap();
-        (dir, c)
+        prepare(&path, &c).unwrap();
+        attach(&c, &path).unwrap();
+        (dir, path, c)
+    }
+
+    /// Writes event `seq` (chain hash `hash`) and its links, as the audit writer would.
+    fn event(c: &Connection, seq: i64, hash: u8, customers: &[[u8; 16]]) {
+        c.execute(
+            "INSERT INTO audit_events (seq, time, request_id, action, customer_ids, fields, outcome, status, chain_hash) \
+             VALUES (?1, '2026-12-07T00:00:00Z', 'r', 'customer.read', '[]', '[]', 'allowed', 200, ?2)",
+            (seq, [hash; 32].as_slice()),
+        )
+        .unwrap();
+        for id in customers {
+            c.execute("INSERT INTO audit_event_customers (seq, customer_id) VALUES (?1, ?2)", (seq, id.as_slice()))
+                .unwrap();
+        }
+    }
+
+    fn count(c: &Connection, sql: &str) -> i64 {
+        c.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
     /// Every statement here reads a range of a key, never a whole table: fails when an index of
-    /// migration 0010 is dropped or a statement stops using its key.
+    /// the index file or of migration 0010 is dropped, or a statement stops using its key.
     #[test]
     fn every_statement_reads_a_range_of_a_key() {
-        let (_dir, c) = migrated();
+        let (_dir, _path, c) = migrated();
         let customer = format!("{}?1{}?2", CUSTOMER_EVENTS.0, CUSTOMER_EVENTS.1);
-        let copied = COPY.split_once(") ").map(|(_, select)| select).unwrap();
-        for sql in [LINKS_BY_SEQ, INDEXED_LINKS, TURN_END, PENDING, copied, &customer] {
+        for sql in [LINKS_BY_SEQ, INDEXED_LINKS, TURN_END, TURN_LINKS, CHAIN_HASH, THROUGH, &customer] {
             let steps = plan(&c, sql);
             let scans = steps.iter().filter(|s| s.starts_with("SCAN") && *s != "SCAN CONSTANT ROW");
             assert!(!steps.is_empty() && scans.count() == 0, "{sql}: {steps:?}");
         }
         assert_eq!(
             plan(&c, INDEXED_LINKS),
-            ["SEARCH audit_customer_index USING COVERING INDEX audit_customer_index_seq (seq>? AND seq<?)"]
+            ["SEARCH ix.audit_customer_index USING COVERING INDEX audit_customer_index_seq (seq>? AND seq<?)"]
         );
         assert_eq!(plan(&c, LINKS_BY_SEQ), ["SEARCH audit_event_customers USING PRIMARY KEY (seq>? AND seq<?)"]);
     }
 
-    /// Turns copy every link exactly once, in order, and the mark ends on the last link's event;
-    /// a turn ends after one step when another write waits for the writer (fails when `turn`
-    /// stops checking `awaited`).
+    /// Turns copy every link exactly once, whole events at a time, and the mark ends on the last
+    /// link's event with its chain hash; the database's own file holds no index (fails when a
+    /// turn splits an event, skips links, or leaves the mark or its hash behind).
     #[test]
     fn turns_index_every_link_and_move_the_mark() {
-        let (_dir, c) = migrated();
+        let (_dir, path, c) = migrated();
         let customers: Vec<[u8; 16]> = (0u8..7).map(|i| [i; 16]).collect();
-        let mut n: usize = 0;
-        for seq in 1..=5000i64 {
+        let mut n: i64 = 0;
+        for seq in 1..=20_000i64 {
             // Every seventh event names no customer; some name two.
-            if seq % 7 == 0 {
-                continue;
+            let mut named = vec![];
+            if seq % 7 != 0 {
+                named.push(customers[(seq % 7) as usize]);
+                if seq % 5 == 0 {
+                    named.push(customers[((seq + 1) % 7) as usize]);
+                }
             }
-            let mut named = vec![customers[(seq % 7) as usize]];
-            if seq % 5 == 0 {
-                named.push(customers[((seq + 1) % 7) as usize]);
-            }
-            for id in named {
-                c.execute("INSERT INTO audit_event_customers (seq, customer_id) VALUES (?1, ?2)", (seq, id.as_slice()))
-                    .unwrap();
-                n += 1;
-            }
+            n += named.len() as i64;
+            event(&c, seq, (seq % 251) as u8, &named);
         }
-        let pending = |c: &Connection| c.query_row(PENDING, [], |r| r.get::<_, bool>(0)).unwrap();
+        let log = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mut index = open_index(&path).unwrap();
         let mut turns = 0;
-        while pending(&c) {
-            // Every third turn another write waits: that turn ends after its first step.
-            let awaited = turns % 3 == 1;
+        loop {
             let before: i64 = c.query_row(THROUGH, [], |r| r.get(0)).unwrap();
-            let (steps, yielded) = turn(&c, &|| awaited).unwrap();
-            assert_eq!(yielded, awaited, "turn {turns}");
-            let copied: i64 = c
-                .query_row("SELECT count(*) FROM audit_customer_index WHERE seq > ?1", [before], |r| r.get(0))
-                .unwrap();
-            if awaited {
-                assert_eq!(steps, 1, "turn {turns}");
-                // A step ends on an event's last link: at most one event's links over.
-                assert!(copied > 0 && copied <= LINKS_PER_STEP + 1, "turn {turns}: {copied}");
-            } else {
-                assert!(copied <= LINKS_PER_TURN + LINKS_PER_TURN / LINKS_PER_STEP, "turn {turns}: {copied}");
+            let written_before =
+                count(&c, &format!("SELECT count(*) FROM audit_event_customers WHERE seq <= {before}"));
+            let copied = turn(&log, &mut index).unwrap() as i64;
+            if copied == 0 {
+                break;
             }
             turns += 1;
+            // Whole events: at most one event's links over the turn's bound.
+            assert!(copied <= LINKS_PER_TURN + 1, "turn {turns}: {copied}");
             let through: i64 = c.query_row(THROUGH, [], |r| r.get(0)).unwrap();
-            let indexed: i64 = c
-                .query_row("SELECT count(*) FROM audit_customer_index WHERE seq <= ?1", [through], |r| r.get(0))
-                .unwrap();
-            let written: i64 = c
-                .query_row("SELECT count(*) FROM audit_event_customers WHERE seq <= ?1", [through], |r| r.get(0))
-                .unwrap();
-            assert_eq!(indexed, written, "turn {turns}");
+            assert!(through > before);
+            let indexed = count(&c, &format!("SELECT count(*) FROM ix.audit_customer_index WHERE seq <= {through}"));
+            let written = count(&c, &format!("SELECT count(*) FROM audit_event_customers WHERE seq <= {through}"));
+            assert_eq!((indexed, copied), (written, written - written_before), "turn {turns}");
         }
-        assert!(turns >= n / LINKS_PER_TURN as usize, "{turns} turns for {n} links");
-        // A turn with nothing to copy takes no step and leaves the mark.
-        assert_eq!(turn(&c, &|| true).unwrap(), (0, false));
-        let through: i64 = c.query_row(THROUGH, [], |r| r.get(0)).unwrap();
-        assert_eq!(through, 5000);
-        let total: i64 = c.query_row("SELECT count(*) FROM audit_customer_index", [], |r| r.get(0)).unwrap();
-        assert_eq!(total, n as i64);
-        // The mark only moves forward.
-        assert!(c.execute(MOVE_MARK, [10]).is_err());
+        assert_eq!(turns, (n + LINKS_PER_TURN - 1) / LINKS_PER_TURN, "{turns} turns for {n} links");
+        let (through, hash): (i64, Vec<u8>) = c
+            .query_row("SELECT through, through_hash FROM ix.audit_customer_index_state", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        let last = count(&c, "SELECT max(seq) FROM audit_event_customers");
+        assert_eq!((through, hash), (last, vec![(last % 251) as u8; 32]));
+        assert_eq!(count(&c, "SELECT count(*) FROM ix.audit_customer_index"), n);
+        assert_eq!(count(&c, "SELECT count(*) FROM main.sqlite_master WHERE name LIKE 'audit_customer_index%'"), 0);
+        // The mark only moves forward; the index is append-only.
+        assert!(index.execute("UPDATE audit_customer_index_state SET through = 10", []).is_err());
+        assert!(index.execute("DELETE FROM audit_customer_index WHERE seq = 1", []).is_err());
+    }
+
+    /// An index file whose mark is not on the database's chain (a database restored from a
+    /// backup beside a newer index) is emptied at open; one on the chain is kept (fails when
+    /// `prepare` stops comparing the mark's chain hash).
+    #[test]
+    fn an_index_of_another_chain_is_rebuilt() {
+        let (_dir, path, c) = migrated();
+        for seq in 1..=10 {
+            event(&c, seq, seq as u8, &[[seq as u8; 16]]);
+        }
+        let log = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mut index = open_index(&path).unwrap();
+        assert_eq!(turn(&log, &mut index).unwrap(), 10);
+        drop((log, index));
+        prepare(&path, &c).unwrap();
+        assert_eq!(count(&c, "SELECT count(*) FROM ix.audit_customer_index"), 10);
+
+        // Another copy of the database, with another chain, under the same name: a restore.
+        let other = path.with_file_name("other.db");
+        let mut o = Connection::open(&other).unwrap();
+        super::super::migrate::run(&mut o).unwrap();
+        for seq in 1..=12 {
+            event(&o, seq, 100 + seq as u8, &[[seq as u8; 16]]);
+        }
+        drop(o);
+        std::fs::copy(index_path(&path), index_path(&other)).unwrap();
+        let o = Connection::open(&other).unwrap();
+        prepare(&other, &o).unwrap();
+        attach(&o, &other).unwrap();
+        assert_eq!(count(&o, "SELECT count(*) FROM ix.audit_customer_index"), 0);
+        assert_eq!(count(&o, THROUGH), 0);
+        // And an index file of an unknown layout.
+        c.execute_batch("DETACH DATABASE ix").unwrap();
+        Connection::open(index_path(&path)).unwrap().pragma_update(None, "user_version", LAYOUT + 1).unwrap();
+        prepare(&path, &c).unwrap();
+        attach(&c, &path).unwrap();
+        assert_eq!(count(&c, "SELECT count(*) FROM ix.audit_customer_index"), 0);
     }
 }

@@ -23,6 +23,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "idempotency", include_str!("../../../migrations/sqlite/0008_idempotency.sql")),
     (9, "stale key versions", include_str!("../../../migrations/sqlite/0009_stale_key_versions.sql")),
     (10, "audit customer index", include_str!("../../../migrations/sqlite/0010_audit_customer_index.sql")),
+    (11, "audit index file", include_str!("../../../migrations/sqlite/0011_audit_index_file.sql")),
 ];
 
 const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (

@@ -1,7 +1,7 @@
 //! The SQLite store: one file in WAL mode, `synchronous = FULL` (a commit is durable when it
 //! returns), reached through rusqlite alone (one driver for the backend): one writer connection
 //! whose writes take turns, a set of read-only readers, a WAL checkpointer on a thread of its
-//! own ([`connections`]), a task that indexes the access log by customer behind the writer
+//! own ([`connections`]), the access log's customer index in a file and thread of its own
 //! ([`links`]), and embedded migrations ([`migrate`]). `sqlite::memory:` is refused:
 //! each connection would get its own empty database.
 //!
@@ -89,6 +89,7 @@ impl SqliteStore {
         let writer = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
             let mut c = connections::open_writer(&at)?;
             migrate::run(&mut c)?;
+            links::prepare(&at, &c)?;
             Ok(c)
         })
         .await
@@ -98,9 +99,9 @@ impl SqliteStore {
         let alive = Arc::new(());
         connections::spawn_checkpointer(path.clone(), Arc::downgrade(&alive));
         let keep = options.max_connections.clamp(1, 16) as usize;
+        links::spawn(path.clone(), Arc::downgrade(&alive));
         let readers = Arc::new(Readers::new(path.clone(), keep, options.acquire_timeout));
         let writer = Arc::new(Writer::new(path, writer, options.acquire_timeout));
-        links::spawn(Arc::downgrade(&writer), Arc::downgrade(&readers));
         Ok(SqliteStore { readers, writer, _alive: alive })
     }
 
