@@ -264,7 +264,7 @@ pub struct AuditLinks {
     /// What the copy is, for the verification report.
     pub copy: &'static str,
     /// The copy claims to be complete for events up to this sequence number (a copy filled
-    /// behind the writer lags; events after it are answered from another copy).
+    /// in the background lags; events after it are answered from another copy).
     pub through: i64,
     /// `(seq, customer)` pairs, ordered by sequence number then customer.
     pub links: Vec<(i64, Uuid)>,
