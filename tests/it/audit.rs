@@ -369,6 +369,63 @@ async fn the_customer_index_lists_and_verifies_like_the_links_sqlite() {
     }
 }
 
+/// SQLite's customer index is derived, so removing its file while the vault runs costs neither
+/// a request nor a restart: reads go on (200), the index thread recreates the file and refills
+/// it from the links, and the server's readers let go of the removed file. Fails when the
+/// thread stops recreating the file (it never comes back), or when readers keep their old
+/// connections (the pruning below goes unseen: verification reads the removed file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_index_file_removed_while_running_is_recreated_sqlite() {
+    let h = with_traffic(Db::sqlite()).await;
+    let Db::Sqlite { path, .. } = &h.db else { unreachable!() };
+    let id = h.create(individual("3201")).await;
+    let events = || async {
+        let r =
+            h.client.get(h.url(&format!("/v1/audit/events?customer={id}"))).bearer_auth(mint(SO)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let page: Value = r.json().await.unwrap();
+        page["items"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(h.get(&format!("/v1/customers/{id}"), ALICE).send().await.unwrap().status(), 200);
+    customer_index_caught_up(&h).await;
+    let listed = events().await;
+    assert_eq!(listed.len(), 2);
+
+    let index = sqlite_index_path(path);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = index.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    assert!(!index.exists());
+    // Reads and lists go on meanwhile.
+    for _ in 0..3 {
+        assert_eq!(h.get(&format!("/v1/customers/{id}"), ALICE).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(events().await.len(), 5);
+    let mut back = false;
+    for _ in 0..100 {
+        if index.exists() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(back, "the index file was not recreated within 10 s");
+    customer_index_caught_up(&h).await;
+    let indexed =
+        h.scalar(&format!("SELECT count(*) FROM ix.audit_customer_index WHERE customer_id = X'{}'", id.simple())).await;
+    assert_eq!(indexed, 5, "the recreated index holds the events from before its removal too");
+    let all = events().await;
+    assert_eq!(&all[..2], &listed[..]);
+    assert_eq!(verify(&h).await["ok"], true);
+    // The server reads the new file: a tampering of it is seen.
+    h.sql_as_owner(&[&format!("DELETE FROM ix.audit_customer_index WHERE seq = {}", all[0])]).await;
+    let report = verify(&h).await;
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["first_bad_seq"], all[0], "{report}");
+}
+
 /// Makes every audit insert fail, as a full disk or a broken audit table would.
 async fn break_audit(h: &Harness) {
     match &h.db {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::links::{Attached, Generation};
 use crate::store::StoreError;
 
 /// How long a statement waits for another process's lock on the file.
@@ -208,15 +209,18 @@ impl Writer {
 /// is three open files), all kept for reuse.
 pub(super) struct Readers {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    /// Idle connections, each with the generation of the index file it attached.
+    idle: Mutex<Vec<(Connection, u64)>>,
+    /// The index file's generation now (see `links::Generation`).
+    index: Generation,
     permits: Arc<Semaphore>,
     keep: usize,
     wait: Duration,
 }
 
 impl Readers {
-    pub(super) fn new(path: PathBuf, keep: usize, wait: Duration) -> Self {
-        Readers { path, idle: Mutex::new(Vec::new()), permits: Arc::new(Semaphore::new(keep)), keep, wait }
+    pub(super) fn new(path: PathBuf, index: Generation, keep: usize, wait: Duration) -> Self {
+        Readers { path, idle: Mutex::new(Vec::new()), index, permits: Arc::new(Semaphore::new(keep)), keep, wait }
     }
 
     /// (busy, at most): readers in use, and how many may be.
@@ -240,25 +244,29 @@ impl Readers {
     }
 
     fn with<R>(&self, f: impl FnOnce(&Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let generation = self.index.current();
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match idle {
-            Some(c) => c,
-            None => {
+        // A connection attached to an index file that has since been recreated is let go.
+        let (conn, keep) = match idle {
+            Some((c, attached)) if attached == generation => (c, true),
+            _ => {
                 let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-                let c = Connection::open_with_flags(&self.path, flags)?;
+                let mut c = Connection::open_with_flags(&self.path, flags)?;
                 c.busy_timeout(BUSY_TIMEOUT)?;
-                super::links::attach(&c, &self.path)?;
+                // A connection with the index's stand-in serves this read only: the next one
+                // tries the file again.
+                let attached = super::links::attach(&mut c, &self.path)?;
                 // IN lists come in power-of-two lengths, with or without a scope filter.
                 c.set_prepared_statement_cache_capacity(64);
-                c
+                (c, attached == Attached::File)
             }
         };
         let out = f(&conn);
         // A connection that failed is dropped rather than reused.
-        if out.is_ok() {
+        if out.is_ok() && keep {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < self.keep {
-                idle.push(conn);
+                idle.push((conn, generation));
             }
         }
         out
@@ -341,16 +349,23 @@ pub(super) fn checkpoint_round(conn: &Connection) -> rusqlite::Result<Round> {
 /// Takes an exclusive lock on a file beside the database (released when dropped): processes
 /// opening (and migrating) one file at once take turns.
 pub(super) async fn lock_file(db_path: &Path) -> Result<std::fs::File, StoreError> {
+    let db_path = db_path.to_owned();
+    tokio::task::spawn_blocking(move || lock_file_blocking(&db_path))
+        .await
+        .map_err(|e| StoreError::Config(format!("migration lock task failed: {e}")))?
+}
+
+/// [`lock_file`], on the calling thread.
+pub(super) fn lock_file_blocking(db_path: &Path) -> Result<std::fs::File, StoreError> {
     let mut lock_path = db_path.as_os_str().to_owned();
     lock_path.push(".migrate-lock");
-    tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lock_path)?;
-        file.lock()?;
-        Ok(file)
-    })
-    .await
-    .map_err(|e| StoreError::Config(format!("migration lock task failed: {e}")))?
-    .map_err(|e| StoreError::Config(format!("cannot lock migrations: {e}")))
+    let locked = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+        .and_then(|file| file.lock().map(|()| file));
+    locked.map_err(|e| StoreError::Config(format!("cannot lock migrations: {e}")))
 }
 
 #[cfg(test)]
@@ -396,5 +411,34 @@ mod tests {
         assert_eq!(checkpoint_round(&checkpointer).unwrap(), Round::Behind);
         reader.execute_batch("COMMIT").unwrap();
         assert_eq!(checkpoint_round(&checkpointer).unwrap(), Round::Synced);
+    }
+
+    /// A reader that could only attach the index's stand-in serves one read and is not kept;
+    /// one attached to an index file that has since been recreated is let go (fails when
+    /// `Readers` keeps either: the first would never read the index, the second would read a
+    /// removed file).
+    #[test]
+    fn readers_keep_only_connections_to_the_current_index_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let mut writer = open_writer(&path).unwrap();
+        super::super::migrate::run(&mut writer).unwrap();
+        let generation = Generation::default();
+        let readers = Readers::new(path.clone(), generation.clone(), 2, Duration::from_secs(1));
+        let through = || readers.with(|c| Ok(c.query_row(super::super::links::THROUGH, [], |r| r.get::<_, i64>(0))?));
+        let kept = || readers.idle.lock().unwrap().iter().map(|(_, g)| *g).collect::<Vec<_>>();
+
+        // No index file yet: a stand-in answers, and goes.
+        assert_eq!(through().unwrap(), 0);
+        assert_eq!(kept(), Vec::<u64>::new());
+        super::super::links::prepare(&path, &writer).unwrap();
+        assert_eq!(through().unwrap(), 0);
+        assert_eq!(kept(), [0]);
+        assert_eq!(through().unwrap(), 0);
+        assert_eq!(kept(), [0]);
+        // The file was recreated: the connection to the old one goes.
+        generation.next();
+        assert_eq!(through().unwrap(), 0);
+        assert_eq!(kept(), [1]);
     }
 }

@@ -23,15 +23,23 @@
 //! open and rebuilt, and until then queries read the links unindexed. Verification checks the
 //! index against the links like any copy of the access log.
 //!
+//! Because it is derived, no state of the index file stops the vault or its reads. A file that
+//! SQLite finds damaged is removed and rebuilt at open (a `-wal` left beside a removed file,
+//! SQLite itself discards when it creates the new one). A file removed or replaced while the vault runs is noticed by the thread, which
+//! recreates it and moves [`Generation`] on, so that readers drop connections holding the old
+//! one. A reader that cannot attach the file gets an empty stand-in (mark 0: every link read
+//! unindexed, correct but slower) and is not kept.
+//!
 //! Owns: the index file, its schema, its mark and the thread that fills it. Must never: write
 //! to the database's own file, or change the index without its mark (or the mark without the
 //! index).
 
 use std::path::{Path, PathBuf};
-use std::sync::Weak;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, DatabaseName, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::store::StoreError;
 
@@ -112,19 +120,84 @@ pub(super) fn index_path(database: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Which index file readers should have attached: the thread moves it on when it recreates a
+/// file that was removed or replaced, and readers drop connections attached before.
+#[derive(Clone, Default)]
+pub(super) struct Generation(Arc<AtomicU64>);
+
+impl Generation {
+    pub(super) fn current(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    pub(super) fn next(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// What a connection has attached as `ix`.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Attached {
+    /// The index file.
+    File,
+    /// An empty stand-in: the file could not be attached.
+    StandIn,
+}
+
+/// When a reader last warned that it could not attach the index file (seconds on a monotonic
+/// clock, plus one): at most one warning every `WARN_EVERY`.
+static WARNED: AtomicU64 = AtomicU64::new(0);
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// Attaches the index file to a connection as schema `ix` (read-only on a read-only connection).
-pub(super) fn attach(c: &Connection, database: &Path) -> Result<(), StoreError> {
+/// If it cannot (the file is missing, damaged or locked away), attaches an empty stand-in whose
+/// mark is 0, so that queries read every link unindexed: correct, slower.
+pub(super) fn attach(c: &mut Connection, database: &Path) -> Result<Attached, StoreError> {
     let index = index_path(database);
     let Some(index) = index.to_str() else {
         return Err(StoreError::Config("the SQLite file's path is not UTF-8".into()));
     };
-    c.execute("ATTACH DATABASE ?1 AS ix", [index])?;
-    Ok(())
+    // SQLite opens an attached file when it is first read: read the mark to know.
+    let attached =
+        c.execute("ATTACH DATABASE ?1 AS ix", [index]).and_then(|_| c.query_row(THROUGH, [], |r| r.get::<_, i64>(0)));
+    let Err(e) = attached else {
+        return Ok(Attached::File);
+    };
+    warn_now_and_then(&e);
+    if c.query_row("SELECT count(*) FROM pragma_database_list WHERE name = 'ix'", [], |r| r.get::<_, i64>(0))? > 0 {
+        c.execute_batch("DETACH DATABASE ix")?;
+    }
+    // A read-only connection cannot write even to an in-memory database: the stand-in is built
+    // on a connection of its own and loaded, read-only, as `ix`.
+    let stand_in = Connection::open_in_memory()?;
+    stand_in.execute_batch(SCHEMA_SQL)?;
+    let rusqlite::serialize::Data::Owned(image) = stand_in.serialize(DatabaseName::Main)? else {
+        return Err(StoreError::Corrupt("SQLite lent an in-memory database instead of copying it"));
+    };
+    c.execute_batch("ATTACH DATABASE ':memory:' AS ix")?;
+    c.deserialize(DatabaseName::Attached("ix"), image, true)?;
+    Ok(Attached::StandIn)
 }
 
-/// Opens the index file read-write (creating it), in WAL mode with `synchronous = NORMAL`.
-fn open_index(database: &Path) -> Result<Connection, StoreError> {
-    let c = Connection::open(index_path(database))?;
+fn warn_now_and_then(e: &rusqlite::Error) {
+    static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let now = STARTED.get_or_init(Instant::now).elapsed().as_secs() + 1;
+    let last = WARNED.load(Ordering::Relaxed);
+    if (last == 0 || now >= last + WARN_EVERY.as_secs())
+        && WARNED.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        tracing::warn!(error = %e, "cannot attach the audit index file; customer queries of the access log read its links unindexed until it is back");
+    }
+}
+
+/// Opens the index file read-write (creating it if `create`), in WAL mode with `synchronous =
+/// NORMAL`. Only [`prepare`], under the store's opening lock, creates it.
+fn open_index(database: &Path, create: bool) -> Result<Connection, StoreError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let c = Connection::open_with_flags(index_path(database), flags)?;
     c.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -134,11 +207,51 @@ fn open_index(database: &Path) -> Result<Connection, StoreError> {
     Ok(c)
 }
 
+/// The index file's journal beside it.
+fn journal(index: &Path) -> [PathBuf; 2] {
+    ["-wal", "-shm"].map(|suffix| {
+        let mut p = index.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    })
+}
+
+fn remove_if_present(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(StoreError::Config(format!("cannot remove {}: {e}", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether SQLite found the file damaged, or not a database at all.
+fn damaged(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+        if matches!(f.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase))
+}
+
 /// Creates the index file if missing, and empties it if its layout is another or its mark does
-/// not lie on `database`'s chain. `database` is the migrated database, under the store's
-/// opening lock.
+/// not lie on `database`'s chain; removes and rebuilds a file SQLite finds damaged. `database`
+/// is the migrated database (`c`: any connection to it), and the caller holds the store's
+/// opening lock, so that no other process prepares the file meanwhile.
 pub(super) fn prepare(database: &Path, c: &Connection) -> Result<(), StoreError> {
-    let mut index = open_index(database)?;
+    let index = index_path(database);
+    match prepare_file(database, c) {
+        Err(e) if damaged(&e) => {
+            tracing::warn!(error = %e, "the audit index file cannot be read: removing and rebuilding it; until then customer queries of the access log read its links unindexed");
+            remove_if_present(&index)?;
+            for stale in journal(&index) {
+                remove_if_present(&stale)?;
+            }
+            prepare_file(database, c)
+        }
+        prepared => prepared,
+    }
+}
+
+fn prepare_file(database: &Path, c: &Connection) -> Result<(), StoreError> {
+    let mut index = open_index(database, true)?;
     let tx = index.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let layout: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
@@ -162,24 +275,69 @@ pub(super) fn prepare(database: &Path, c: &Connection) -> Result<(), StoreError>
     Ok(())
 }
 
-/// Starts the index thread; it stops when `alive` is gone.
-pub(super) fn spawn(database: PathBuf, alive: Weak<()>) {
+/// The file at a path (device and inode), if there is one.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The thread's connections: the index file (read-write) and the database (read-only).
+struct Opened {
+    index: Connection,
+    log: Connection,
+    /// The index file these were opened on.
+    file: Option<(u64, u64)>,
+}
+
+/// Opens the index file and the database for the thread. `prepare_first`: under the store's
+/// opening lock, prepares the file first (it was removed or replaced after the store opened).
+fn open_thread(database: &Path, prepare_first: bool) -> Result<Opened, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let log = Connection::open_with_flags(database, flags)?;
+    log.busy_timeout(BUSY_TIMEOUT)?;
+    if prepare_first {
+        let _lock = super::connections::lock_file_blocking(database)?;
+        prepare(database, &log)?;
+    }
+    let index = open_index(database, false)?;
+    Ok(Opened { index, log, file: identity(&index_path(database)) })
+}
+
+/// Starts the index thread; it stops when `alive` is gone. It moves `generation` on whenever it
+/// recreates the file.
+pub(super) fn spawn(database: PathBuf, generation: Generation, alive: Weak<()>) {
     let started = std::thread::Builder::new().name("audit-index".into()).spawn(move || {
-        let opened = open_index(&database).and_then(|index| {
-            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            let log = Connection::open_with_flags(&database, flags)?;
-            log.busy_timeout(BUSY_TIMEOUT)?;
-            Ok((index, log))
-        });
-        let (mut index, log) = match opened {
-            Ok(c) => c,
+        let path = index_path(&database);
+        let mut opened = match open_thread(&database, false) {
+            Ok(o) => Some(o),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot open the audit index file; customer queries of the access log read its links unindexed");
-                return;
+                tracing::warn!(error = %e, "cannot open the audit index file; customer queries of the access log read its newer links unindexed");
+                None
             }
         };
         while alive.upgrade().is_some() {
-            match turn(&log, &mut index) {
+            let moved = opened.as_ref().is_none_or(|o| o.file.is_none() || identity(&path) != o.file);
+            if moved {
+                // The file was removed or replaced while the vault runs (or could not be opened):
+                // recreate it, and have readers let go of the old one.
+                if opened.is_some() {
+                    tracing::warn!("the audit index file was removed or replaced while the vault runs: recreating it");
+                }
+                opened = None;
+                match open_thread(&database, true) {
+                    Ok(o) => {
+                        opened = Some(o);
+                        generation.next();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot recreate the audit index file yet; customer queries of the access log read its links unindexed");
+                        std::thread::sleep(EVERY);
+                        continue;
+                    }
+                }
+            }
+            let Some(Opened { index, log, .. }) = opened.as_mut() else { continue };
+            match turn(log, index) {
                 // Behind by a whole turn or more: on at once.
                 Ok(copied) if copied as i64 >= LINKS_PER_TURN => {}
                 // Caught up: back to back, each turn would find only the links written during
@@ -246,7 +404,7 @@ mod tests {
         let mut c = Connection::open(&path).unwrap();
         super::super::migrate::run(&mut c).unwrap();
         prepare(&path, &c).unwrap();
-        attach(&c, &path).unwrap();
+        attach(&mut c, &path).unwrap();
         (dir, path, c)
     }
 
@@ -307,7 +465,7 @@ mod tests {
             event(&c, seq, (seq % 251) as u8, &named);
         }
         let log = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-        let mut index = open_index(&path).unwrap();
+        let mut index = open_index(&path, false).unwrap();
         let mut turns = 0;
         loop {
             let before: i64 = c.query_row(THROUGH, [], |r| r.get(0)).unwrap();
@@ -346,12 +504,12 @@ mod tests {
     /// `prepare` stops comparing the mark's chain hash).
     #[test]
     fn an_index_of_another_chain_is_rebuilt() {
-        let (_dir, path, c) = migrated();
+        let (_dir, path, mut c) = migrated();
         for seq in 1..=10 {
             event(&c, seq, seq as u8, &[[seq as u8; 16]]);
         }
         let log = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-        let mut index = open_index(&path).unwrap();
+        let mut index = open_index(&path, false).unwrap();
         assert_eq!(turn(&log, &mut index).unwrap(), 10);
         drop((log, index));
         prepare(&path, &c).unwrap();
@@ -366,16 +524,113 @@ mod tests {
         }
         drop(o);
         std::fs::copy(index_path(&path), index_path(&other)).unwrap();
-        let o = Connection::open(&other).unwrap();
+        let mut o = Connection::open(&other).unwrap();
         prepare(&other, &o).unwrap();
-        attach(&o, &other).unwrap();
+        attach(&mut o, &other).unwrap();
         assert_eq!(count(&o, "SELECT count(*) FROM ix.audit_customer_index"), 0);
         assert_eq!(count(&o, THROUGH), 0);
         // And an index file of an unknown layout.
         c.execute_batch("DETACH DATABASE ix").unwrap();
         Connection::open(index_path(&path)).unwrap().pragma_update(None, "user_version", LAYOUT + 1).unwrap();
         prepare(&path, &c).unwrap();
-        attach(&c, &path).unwrap();
+        attach(&mut c, &path).unwrap();
         assert_eq!(count(&c, "SELECT count(*) FROM ix.audit_customer_index"), 0);
+    }
+
+    /// The index file's names: the file, its `-wal` and its `-shm`.
+    fn files(path: &Path) -> [PathBuf; 3] {
+        let index = index_path(path);
+        let [wal, shm] = journal(&index);
+        [index, wal, shm]
+    }
+
+    /// No state of the derived index file stops the store from opening. A `-wal` left beside a
+    /// removed file is not replayed into the new one: SQLite deletes the journal of an empty
+    /// database file, which this relies on (fails if a SQLite upgrade stops doing so: the
+    /// removed file's links and mark would come back). A file that is not a
+    /// database is removed and rebuilt (fails when `prepare` stops doing so: an error).
+    #[test]
+    fn a_damaged_or_orphaned_index_file_is_rebuilt_at_open() {
+        let (_dir, path, mut c) = migrated();
+        for seq in 1..=10 {
+            event(&c, seq, seq as u8, &[[seq as u8; 16]]);
+        }
+        c.execute_batch("DETACH DATABASE ix").unwrap();
+        let [index, wal, _] = files(&path);
+
+        // A journal whose file was removed. Every page of the index is in the `-wal` (the header
+        // too, by `user_version`), so that SQLite would replay it whole into a new file.
+        let log = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mut writer = open_index(&path, false).unwrap();
+        writer.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA wal_autocheckpoint = 0").unwrap();
+        writer.pragma_update(None, "user_version", LAYOUT).unwrap();
+        assert_eq!(turn(&log, &mut writer).unwrap(), 10);
+        let orphan = path.with_file_name("orphan-wal");
+        std::fs::copy(&wal, &orphan).unwrap();
+        drop(writer);
+        for f in files(&path) {
+            let _ = std::fs::remove_file(f);
+        }
+        std::fs::copy(&orphan, &wal).unwrap();
+        prepare(&path, &c).unwrap();
+        attach(&mut c, &path).unwrap();
+        assert_eq!(count(&c, "SELECT count(*) FROM ix.audit_customer_index"), 0);
+        assert_eq!(count(&c, THROUGH), 0);
+        assert_eq!(turn(&log, &mut open_index(&path, false).unwrap()).unwrap(), 10);
+        c.execute_batch("DETACH DATABASE ix").unwrap();
+
+        // A file that is not a database at all.
+        for f in files(&path) {
+            let _ = std::fs::remove_file(f);
+        }
+        std::fs::write(&index, vec![0x5a; 8192]).unwrap();
+        prepare(&path, &c).unwrap();
+        assert_eq!(attach(&mut c, &path).unwrap(), Attached::File);
+        assert_eq!(count(&c, THROUGH), 0);
+        assert_eq!(turn(&log, &mut open_index(&path, false).unwrap()).unwrap(), 10);
+        assert_eq!(count(&c, "SELECT count(*) FROM ix.audit_customer_index"), 10);
+    }
+
+    /// A connection that cannot attach the index file gets an empty stand-in: a customer's
+    /// events are all read from the links (fails when `attach` gives up instead, or when the
+    /// stand-in's mark is not 0 and links go missing).
+    #[test]
+    fn without_its_file_the_index_is_an_empty_stand_in() {
+        let (_dir, path, c) = migrated();
+        for seq in 1..=5 {
+            event(&c, seq, seq as u8, &[[7; 16]]);
+        }
+        let log = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        assert_eq!(turn(&log, &mut open_index(&path, false).unwrap()).unwrap(), 5);
+        event(&c, 6, 6, &[[7; 16]]);
+        let events = |r: &Connection| -> Vec<i64> {
+            let sql = format!("{}?1{}?1", CUSTOMER_EVENTS.0, CUSTOMER_EVENTS.1);
+            let mut all: Vec<i64> = r
+                .prepare(&sql)
+                .unwrap()
+                .query_map([[7u8; 16]], |row| row.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            all.sort_unstable();
+            all
+        };
+        let reader = || {
+            let mut r = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+            let attached = attach(&mut r, &path).unwrap();
+            (r, attached)
+        };
+        let (r, attached) = reader();
+        assert_eq!((attached, events(&r)), (Attached::File, (1..=6).collect()));
+        for f in files(&path) {
+            let _ = std::fs::remove_file(f);
+        }
+        let (r, attached) = reader();
+        assert_eq!((attached, events(&r)), (Attached::StandIn, (1..=6).collect()));
+        assert_eq!(count(&r, THROUGH), 0);
+        // Not a database: the same.
+        std::fs::write(index_path(&path), vec![0x5a; 8192]).unwrap();
+        let (r, attached) = reader();
+        assert_eq!((attached, events(&r)), (Attached::StandIn, (1..=6).collect()));
     }
 }

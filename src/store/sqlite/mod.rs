@@ -99,8 +99,9 @@ impl SqliteStore {
         let alive = Arc::new(());
         connections::spawn_checkpointer(path.clone(), Arc::downgrade(&alive));
         let keep = options.max_connections.clamp(1, 16) as usize;
-        links::spawn(path.clone(), Arc::downgrade(&alive));
-        let readers = Arc::new(Readers::new(path.clone(), keep, options.acquire_timeout));
+        let generation = links::Generation::default();
+        links::spawn(path.clone(), generation.clone(), Arc::downgrade(&alive));
+        let readers = Arc::new(Readers::new(path.clone(), generation, keep, options.acquire_timeout));
         let writer = Arc::new(Writer::new(path, writer, options.acquire_timeout));
         Ok(SqliteStore { readers, writer, _alive: alive })
     }
