@@ -43,10 +43,14 @@ pub const DATABASE_UP: &str = "custodia_database_up";
 /// SQLite: rounds of the background WAL checkpointer: `outcome` = synced, behind.
 pub const CHECKPOINT_ROUNDS: &str = "custodia_sqlite_checkpoint_rounds_total";
 /// SQLite: how long a write held the one writer's turn (from being granted it to releasing it:
-/// its transaction and commit), in seconds: `kind` = audit, customers, budget, index, other.
+/// its transaction and commit), in seconds: `kind` = audit, customers, budget, other.
 pub const SQLITE_WRITE: &str = "custodia_sqlite_write_seconds";
 /// SQLite: how long a write waited for the writer's turn, in seconds: `kind` as above.
 pub const SQLITE_WRITE_WAIT: &str = "custodia_sqlite_write_wait_seconds";
+/// SQLite: how far the access log's customer index trails, in sequence numbers (the last event
+/// naming a customer, less the index's mark; `?customer=` reads events past the mark
+/// unindexed), sampled after each of the index thread's turns.
+pub const SQLITE_INDEX_LAG: &str = "custodia_sqlite_audit_index_lag_events";
 
 /// Where a request waited on another thread, in seconds: `stage` = read, audit (queued to
 /// answered: the read queue or the audit writer, its queue and its work), read_resume,
@@ -130,9 +134,13 @@ fn describe() {
     describe_histogram!(
         SQLITE_WRITE,
         Unit::Seconds,
-        "SQLite: time a write held the one writer's turn (transaction and commit), by kind (audit, customers, budget, index, other)"
+        "SQLite: time a write held the one writer's turn (transaction and commit), by kind (audit, customers, budget, other)"
     );
     describe_histogram!(SQLITE_WRITE_WAIT, Unit::Seconds, "SQLite: time a write waited for the writer's turn, by kind");
+    describe_gauge!(
+        SQLITE_INDEX_LAG,
+        "SQLite: how far the access log's customer index trails, in sequence numbers (events past its mark are searched unindexed)"
+    );
     describe_histogram!(
         REQUEST_STAGE,
         Unit::Seconds,

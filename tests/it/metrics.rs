@@ -178,6 +178,17 @@ async fn the_metrics_flag_serves_prometheus_text_on_its_own_address() {
         assert!(started.elapsed() < Duration::from_secs(10), "no synced checkpoint round counted:\n{text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The customer index's lag, sampled after each turn of its thread (store/sqlite/links.rs):
+    // caught up on an idle database.
+    let lag = "custodia_sqlite_audit_index_lag_events";
+    loop {
+        let text = client.get(&metrics).send().await.unwrap().text().await.unwrap();
+        if sample(&text, lag) == Some(0.0) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no index lag sampled:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let base = metrics.trim_end_matches("/metrics");
     assert_eq!(client.get(format!("{base}/v1/customers")).send().await.unwrap().status(), 404);
     assert_eq!(client.get(format!("{api}/metrics")).send().await.unwrap().status(), 404, "metrics on the API port");

@@ -337,7 +337,11 @@ pub(super) fn spawn(database: PathBuf, generation: Generation, alive: Weak<()>) 
                 }
             }
             let Some(Opened { index, log, .. }) = opened.as_mut() else { continue };
-            match turn(log, index) {
+            let turned = turn(log, index);
+            if let Ok(lag) = lag(log, index) {
+                metrics::gauge!(crate::telemetry::prometheus::SQLITE_INDEX_LAG).set(lag as f64);
+            }
+            match turned {
                 // Behind by a whole turn or more: on at once.
                 Ok(copied) if copied as i64 >= LINKS_PER_TURN => {}
                 // Caught up: back to back, each turn would find only the links written during
@@ -353,6 +357,13 @@ pub(super) fn spawn(database: PathBuf, generation: Generation, alive: Weak<()>) 
     if let Err(e) = started {
         tracing::warn!(error = %e, "cannot start the audit index thread; customer queries of the access log read its links unindexed");
     }
+}
+
+/// How far the index trails: the sequence number of the last event with links, less the mark.
+fn lag(log: &Connection, index: &Connection) -> Result<i64, StoreError> {
+    let through: i64 = index.query_row(MARK, [], |r| r.get(0))?;
+    let last: i64 = log.query_row("SELECT coalesce(max(seq), 0) FROM audit_event_customers", [], |r| r.get(0))?;
+    Ok((last - through).max(0))
 }
 
 /// One turn: copies the next links (at most `LINKS_PER_TURN`, whole events) from the database
