@@ -311,6 +311,14 @@ async fn customer_index_caught_up(h: &Harness) {
     panic!("the customer index did not catch up within 10 s");
 }
 
+/// The sequence numbers a security officer's `?customer=` search lists for `id`.
+async fn customer_events(h: &Harness, id: Uuid) -> Vec<i64> {
+    let r = h.client.get(h.url(&format!("/v1/audit/events?customer={id}"))).bearer_auth(mint(SO)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page: Value = r.json().await.unwrap();
+    page["items"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect()
+}
+
 /// SQLite indexes the access log by customer in a file of its own (`store/sqlite/links.rs`). A customer's
 /// events are listed the same before and after the index caught up, and the index is checked
 /// against the chain like the links written with the events: drop the second copy returned by
@@ -319,13 +327,7 @@ async fn customer_index_caught_up(h: &Harness) {
 async fn the_customer_index_lists_and_verifies_like_the_links_sqlite() {
     let h = with_traffic(Db::sqlite()).await;
     let id = h.create(individual("3201")).await;
-    let events = || async {
-        let r =
-            h.client.get(h.url(&format!("/v1/audit/events?customer={id}"))).bearer_auth(mint(SO)).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-        let page: Value = r.json().await.unwrap();
-        page["items"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect::<Vec<_>>()
-    };
+    let events = || customer_events(&h, id);
     for n in 1..=3 {
         assert_eq!(h.get(&format!("/v1/customers/{id}"), ALICE).send().await.unwrap().status(), 200);
         // Listed at once, indexed or not: the create and every read so far.
@@ -379,13 +381,7 @@ async fn a_customer_index_file_removed_while_running_is_recreated_sqlite() {
     let h = with_traffic(Db::sqlite()).await;
     let Db::Sqlite { path, .. } = &h.db else { unreachable!() };
     let id = h.create(individual("3201")).await;
-    let events = || async {
-        let r =
-            h.client.get(h.url(&format!("/v1/audit/events?customer={id}"))).bearer_auth(mint(SO)).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-        let page: Value = r.json().await.unwrap();
-        page["items"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect::<Vec<_>>()
-    };
+    let events = || customer_events(&h, id);
     assert_eq!(h.get(&format!("/v1/customers/{id}"), ALICE).send().await.unwrap().status(), 200);
     customer_index_caught_up(&h).await;
     let listed = events().await;
