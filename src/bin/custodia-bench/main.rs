@@ -94,6 +94,29 @@ struct Cli {
     /// (1,000): past it, connections would wait in the kernel's backlog.
     #[arg(long, default_value_t = 960)]
     soak_connections: usize,
+    /// What the soak's target is a share of: `paced`, the highest rate of the soak's own paced
+    /// load that the vault kept up with (searched in steps from the closed-loop peak down), or
+    /// `closed`, the closed-loop peak itself (as until 2026-12-07; it can exceed what a paced
+    /// load is served at).
+    #[arg(long, value_enum, default_value_t = PeakKind::Paced)]
+    soak_peak: PeakKind,
+    /// Seconds per step of the paced peak's search.
+    #[arg(long, default_value_t = 20)]
+    soak_step_seconds: u64,
+    /// Run the vault under test on these CPUs only (a `taskset -c` list, e.g. `0`): with
+    /// `--driver-cpus`, the load driver and the server stop competing for cores, as with a
+    /// driver on another machine. Needs taskset (util-linux).
+    #[arg(long, value_name = "LIST")]
+    server_cpus: Option<String>,
+    /// Run this process, the load driver, on these CPUs only (a `taskset -c` list, e.g. `1`).
+    #[arg(long, value_name = "LIST")]
+    driver_cpus: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PeakKind {
+    Paced,
+    Closed,
 }
 
 /// One measured row.
@@ -132,6 +155,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(cpus) = &cli.driver_cpus {
+        // Every thread of this process (-a); threads started later inherit their creator's CPUs.
+        let status = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| anyhow::anyhow!("--driver-cpus needs taskset (util-linux): {e}"))?;
+        anyhow::ensure!(status.success(), "taskset could not move the driver to CPUs {cpus}");
+    }
     let mut config = Config::load(cli.config.as_deref())?;
     if let Some(url) = &cli.database_url {
         config.database_url = url.clone();
@@ -168,7 +200,16 @@ struct Server {
 
 impl Server {
     fn start(cli: &Cli, config: &Config, facts: &Path, log: &Path) -> anyhow::Result<Self> {
-        let mut command = std::process::Command::new(std::env::current_exe()?);
+        let exe = std::env::current_exe()?;
+        let mut command = match &cli.server_cpus {
+            // From its first instruction: the runtime sizes its workers to the CPUs it may use.
+            Some(cpus) => {
+                let mut c = std::process::Command::new("taskset");
+                c.arg("-c").arg(cpus).arg(exe);
+                c
+            }
+            None => std::process::Command::new(exe),
+        };
         command
             .arg("--hold")
             .arg(facts)
@@ -321,18 +362,29 @@ async fn soak_run(cli: &Cli, config: &Config, dir: &Path, minutes: f64) -> anyho
     eprintln!("soak: measuring the peak over {:.0} s", cli.soak_peak_seconds);
     let measured = drive("mixed", addr, soak::PEAK_CONNECTIONS, cli.soak_peak_seconds, make.clone(), 200).await;
     // drive counts only the expected status as a success: creates (201) count as errors there.
-    let peak = soak::Peak {
-        per_second: (measured.requests + measured.errors) as f64 / cli.soak_peak_seconds,
-        seconds: cli.soak_peak_seconds,
+    let closed = (measured.requests + measured.errors) as f64 / cli.soak_peak_seconds;
+    let step = Duration::from_secs(cli.soak_step_seconds.max(1));
+    let paced = match (cli.soak_peak, cli.soak_rate) {
+        (PeakKind::Paced, None) => {
+            eprintln!("soak: closed-loop peak {closed:.0} req/s; searching the paced peak");
+            soak::paced_peak(addr, server.pid(), make.clone(), closed, cli.soak_connections, step).await
+        }
+        _ => Vec::new(),
     };
+    anyhow::ensure!(
+        cli.soak_peak == PeakKind::Closed || cli.soak_rate.is_some() || paced.iter().any(|s| s.kept_up),
+        "the vault kept up with no paced rate down to 30 % of its closed-loop peak ({closed:.0} req/s): see the steps above"
+    );
+    let peak =
+        soak::Peak { per_second: closed, seconds: cli.soak_peak_seconds, paced, step_seconds: step.as_secs_f64() };
     let interval = Duration::from_secs(cli.soak_interval);
     let plan = soak::Plan {
-        target_per_second: cli.soak_rate.unwrap_or(peak.per_second * cli.soak_fraction),
+        target_per_second: cli.soak_rate.unwrap_or(peak.reference() * cli.soak_fraction),
         intervals: ((minutes * 60.0) / interval.as_secs_f64()).ceil().max(1.0) as usize,
         interval,
         connections: cli.soak_connections,
     };
-    eprintln!("soak: peak {:.0} req/s, holding {:.0} req/s", peak.per_second, plan.target_per_second);
+    eprintln!("soak: peak {:.0} req/s, holding {:.0} req/s", peak.reference(), plan.target_per_second);
     let (intervals, seconds) = soak::run(addr, server.pid(), make, &plan).await;
     server.stop();
     let store = custodia::store::open(&config.database_url, &custodia::store::StoreOptions::default()).await?;

@@ -187,9 +187,13 @@ mod tests {
     fn reads_this_process() {
         let pid = std::process::id();
         let before = sample(pid).unwrap();
-        let mut x = 0u64;
-        for i in 0..20_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
+        // Burns CPU until a clock tick (10 ms) has surely passed; black_box keeps an optimised
+        // build from folding the loop away.
+        let (mut x, start) = (0u64, std::time::Instant::now());
+        while start.elapsed() < std::time::Duration::from_millis(50) {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
         }
         assert_ne!(x, 1);
         let after = sample(pid).unwrap();
