@@ -203,6 +203,8 @@ async fn the_soak_writes_a_line_per_interval_and_its_plot() {
             "0.5",
             "--soak-peak-seconds",
             "1",
+            "--soak-step-seconds",
+            "1",
         ])
         .arg("--output")
         .arg(&output)
@@ -212,12 +214,17 @@ async fn the_soak_writes_a_line_per_interval_and_its_plot() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     let written = std::fs::read_to_string(&output).unwrap();
+    // The interval table: the rows after its header (the paced steps' table comes before it).
     let lines: Vec<Vec<&str>> = written
         .lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| interval"))
+        .skip_while(|l| !l.starts_with("| interval"))
+        .skip(2)
+        .take_while(|l| l.starts_with("| "))
         .map(|l| l.split('|').map(str::trim).collect())
         .collect();
     assert_eq!(lines.len(), 3, "{written}");
+    let steps = written.lines().filter(|l| l.ends_with("| kept up |") || l.ends_with("| fell behind |")).count();
+    assert!(steps >= 1 && written.contains("Paced peak"), "no paced steps: {written}");
     for l in &lines {
         assert!(l[2].parse::<u64>().unwrap() > 0, "an interval without requests: {l:?}");
         assert_eq!(l[4], "0", "errors in the soak: {l:?}");
