@@ -399,10 +399,16 @@ async fn a_customer_index_file_removed_while_running_is_recreated_sqlite() {
         assert_eq!(h.get(&format!("/v1/customers/{id}"), ALICE).send().await.unwrap().status(), 200);
     }
     assert_eq!(events().await.len(), 5);
+    // Back once the file is there with its tables: the vault creates the file a moment before it
+    // commits their schema, and a read in between finds the file but not the tables.
     let mut back = false;
     for _ in 0..100 {
-        if index.exists() {
-            back = true;
+        back = index.exists()
+            && on_sqlite(path, |c| {
+                c.query_row("SELECT through FROM ix.audit_customer_index_state", [], |r| r.get::<_, i64>(0)).is_ok()
+            })
+            .await;
+        if back {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
