@@ -2,7 +2,7 @@
 # What a request costs the vault under a closed loop and under the soak's paced load, in one
 # run: server CPU and context switches per request, and the driver's.
 #
-#   bench/paced-vs-closed.sh BINARY NAME [RATE] [CUSTOMERS]
+#   bench/paced-vs-closed.sh BINARY NAME [RATE] [CUSTOMERS] [CONFIG]
 #
 # BINARY: a custodia-bench build. Runs `BINARY --soak 2 --soak-rate RATE (4553)
 # --soak-peak-seconds 60 --customers CUSTOMERS (100000)` with its report in
@@ -12,17 +12,20 @@
 # closed-loop window are counted at the peak's mean rate (it is measured over the whole 60 s);
 # in the paced window at RATE (every request due is completed, see the report). Then the same per
 # thread of the vault, by thread name: which threads are woken per request. Needs python3.
-# Loopback only; about 5 minutes.
+# CONFIG: a vault configuration file for the held vault (e.g. one setting to compare). Loopback
+# only; about 5 minutes.
 set -euo pipefail
 binary=${1:?custodia-bench binary}
 name=${2:?name}
 rate=${3:-4553}
 customers=${4:-100000}
+config=()
+[ -n "${5:-}" ] && config=(--config "$5")
 cd "$(dirname "$0")/.."
 out=/tmp/paced-vs-closed-$name
 rm -f "$out".*
 MALLOC_ARENA_MAX=2 "$binary" --soak 2 --soak-rate "$rate" --soak-peak-seconds 60 --customers "$customers" \
-  --output "$out.md" >"$out.log" 2>&1 &
+  "${config[@]}" --output "$out.md" >"$out.log" 2>&1 &
 bench=$!
 # One line per thread of a process: "time tid name cpu_ticks voluntary involuntary".
 snapshot() {

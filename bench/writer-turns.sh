@@ -12,8 +12,13 @@
 # file of 2026-12-07) the turns per second, the time the turns held the writer per second of
 # wall clock, the mean turn and the mean wait for it; the
 # audit events per group commit; and the writer's busy time per second (the sum of the kinds).
+# Then, per interval, the held vault's resident memory by kind (RssAnon: heap, SQLite's page
+# caches among it; RssFile: mapped files) at the interval's end and its open handles on the
+# database file (one per open connection).
 # Histograms: `custodia_sqlite_write_seconds{kind}` and `custodia_sqlite_write_wait_seconds{kind}`
-# (docs/OPERATIONS.md, "Metrics"). Needs curl and python3. Loopback only; bounded by the soak.
+# (docs/OPERATIONS.md, "Metrics"). Settings to compare go in the environment variable
+# BENCH_VAULT_CONFIG (TOML appended to CONF, e.g. `[audit]\ncommit_min_interval_us = 2000`).
+# Needs curl and python3. Loopback only; bounded by the soak.
 set -euo pipefail
 binary=${1:?custodia-bench binary}
 name=${2:?name}
@@ -23,7 +28,7 @@ cd "$(dirname "$0")/.."
 out=/tmp/writer-turns-$name
 rm -rf "$out" "$out".*
 mkdir -p "$out"
-printf 'metrics_listen = "127.0.0.1:9464"\n' >"$out.toml"
+printf 'metrics_listen = "127.0.0.1:9464"\n%b\n' "${BENCH_VAULT_CONFIG:-}" >"$out.toml"
 MALLOC_ARENA_MAX=2 "$binary" "$@" --config "$out.toml" --output "$out.md" >"$out.log" 2>&1 &
 bench=$!
 held=""
@@ -34,6 +39,15 @@ while kill -0 "$bench" 2>/dev/null; do
     echo "$held" >"$out.held"
   fi
   curl -s -m 3 http://127.0.0.1:9464/metrics -o "$out/$now.prom" 2>/dev/null || rm -f "$out/$now.prom"
+  # The held vault's memory by kind, and its open handles on the database file (the writer,
+  # the checkpointer and each open reader connection hold one each).
+  server=$(pgrep -P "$bench" | head -1 || true)
+  if [ -n "$server" ] && [ -r "/proc/$server/status" ]; then
+    anon=$(awk '/^RssAnon/ {print $2}' "/proc/$server/status")
+    file=$(awk '/^RssFile/ {print $2}' "/proc/$server/status")
+    dbfds=$(ls -l "/proc/$server/fd" 2>/dev/null | grep -c 'bench\.db$' || true)
+    echo "${anon:-0} ${file:-0} ${dbfds:-0}" >"$out/$now.proc"
+  fi
   sleep 5
 done
 wait "$bench" || { cat "$out.log" >&2; exit 1; }
@@ -77,6 +91,19 @@ while True:
     events = delta('custodia_audit_batch_events', 'sum') / max(delta('custodia_audit_batch_events', 'count'), 1)
     print(f'| {i + 1} | ' + ' | '.join(cells) + f' | {events:.1f} | {busy:.0f} |')
     i += 1
+procs = sorted((int(os.path.basename(p)[:-5]), open(p).read().split()) for p in glob.glob(d + '/*.proc'))
+if procs:
+    print()
+    print('| interval | RssAnon MB | RssFile MB | open handles on the database file (min–max) |')
+    print('|---:|---:|---:|---:|')
+    i = 0
+    while True:
+        inside = [v for t, v in procs if held + i * every <= t < held + (i + 1) * every and len(v) == 3]
+        if not inside or held + (i + 1) * every > procs[-1][0] + 6:
+            break
+        last, fds = inside[-1], [int(v[2]) for v in inside]
+        print(f'| {i + 1} | {int(last[0]) / 1024:.1f} | {int(last[1]) / 1024:.1f} | {min(fds)}–{max(fds)} |')
+        i += 1
 PY
 echo
 cat "$out.md"

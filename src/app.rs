@@ -169,6 +169,7 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
         CheckpointPolicy {
             every: config.audit.checkpoint_every,
             interval: Duration::from_millis(config.audit.checkpoint_interval_ms),
+            commit_spacing: Duration::from_micros(config.audit.commit_min_interval_us),
         },
     );
     let vault = Vault::open(VaultParts {

@@ -1,6 +1,6 @@
 //! Configuration: built-in defaults (the development vault on SQLite with the example keys),
 //! overridden by an optional TOML file, overridden by command-line flags and `CUSTODIA_*`
-//! environment variables. See `docs/CONFIGURATION.md` and `custodia.example.toml`.
+//! environment variables. See the configuration table in `README.md` and `custodia.example.toml`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -156,6 +156,13 @@ pub struct AuditConfig {
     pub checkpoint_every: i64,
     /// …and every this many milliseconds while events are unsigned.
     pub checkpoint_interval_ms: u64,
+    /// The least time between the starts of two audit group commits, in microseconds: while
+    /// other `/v1` requests are under way whose events are still to come, the writer waits out
+    /// the rest of it before taking the waiting events, so each commit's fixed cost (its sync,
+    /// its pages) is shared by more events. With none under way (a client sending one request
+    /// at a time, a quiet spell) an event commits at once. 0: commit as soon as the last commit
+    /// returned.
+    pub commit_min_interval_us: u64,
     /// Distinct customers one principal may be shown within the window before it is blocked.
     pub bulk_threshold: usize,
     pub bulk_window_seconds: u64,
@@ -168,6 +175,7 @@ impl Default for AuditConfig {
             public_key: PathBuf::from("keys-example/audit-ed25519.pub.pem"),
             checkpoint_every: 1000,
             checkpoint_interval_ms: 10_000,
+            commit_min_interval_us: 2_000,
             bulk_threshold: 500,
             bulk_window_seconds: 3600,
         }
@@ -304,6 +312,11 @@ impl Config {
         if self.audit.checkpoint_every < 1 || self.audit.checkpoint_interval_ms == 0 || self.audit.bulk_threshold == 0 {
             return Err(ConfigError::Invalid(
                 "audit.checkpoint_every, checkpoint_interval_ms and bulk_threshold must be positive",
+            ));
+        }
+        if self.audit.commit_min_interval_us > 100_000 {
+            return Err(ConfigError::Invalid(
+                "audit.commit_min_interval_us may be at most 100000 (every audited answer waits for it)",
             ));
         }
         for (key, days) in &self.retention.periods {

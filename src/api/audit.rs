@@ -83,7 +83,9 @@ pub async fn record(State(state): State<AppState>, mut req: Request, next: Next)
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     (event.client, event.proxy) = super::proxy::client_of(peer, req.headers(), &state.trusted_proxies);
     event.user_agent = user_agent(req.headers());
-    let handle = AuditHandle::new(event);
+    // Counted by the audit writer as an event to come until it is closed: a group commit
+    // under load waits a little for it (`audit.commit_min_interval_us`).
+    let handle = AuditHandle::expected(event, state.audit.expect());
     req.extensions_mut().insert(handle.clone());
     // The request's time limit, inside the audit: a request cut short is answered and audited.
     let response = match tokio::time::timeout(state.request_timeout, next.run(req)).await {

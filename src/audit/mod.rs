@@ -23,7 +23,7 @@ use uuid::Uuid;
 pub use checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier};
 pub use event::{AuditEvent, Outcome, StoredEvent};
 pub use verify::VerifyReport;
-pub use writer::{AuditError, AuditLog};
+pub use writer::{AuditError, AuditLog, Expected};
 
 /// The event of the request being served, filled in as the request goes: the HTTP layer
 /// opens it, the use cases add what they disclose, and the HTTP layer closes and writes it —
@@ -35,11 +35,19 @@ pub struct AuditHandle(Arc<Mutex<Draft>>);
 struct Draft {
     event: AuditEvent,
     recorded: bool,
+    /// Tells the audit writer this event is still to come, until it is closed (about to be
+    /// written), marked written, or dropped.
+    expected: Option<Expected>,
 }
 
 impl AuditHandle {
     pub fn new(event: AuditEvent) -> Self {
-        AuditHandle(Arc::new(Mutex::new(Draft { event, recorded: false })))
+        AuditHandle(Arc::new(Mutex::new(Draft { event, recorded: false, expected: None })))
+    }
+
+    /// The event of a request the audit writer counts on (see [`AuditLog::expect`]).
+    pub fn expected(event: AuditEvent, expected: Expected) -> Self {
+        AuditHandle(Arc::new(Mutex::new(Draft { event, recorded: false, expected: Some(expected) })))
     }
 
     /// A handle for work outside any request (command line).
@@ -139,13 +147,19 @@ impl AuditHandle {
 
     /// The event as it stands, closed with `status`.
     pub fn closed(&self, status: u16) -> AuditEvent {
-        self.with(|d| Self::finish(d.event.clone(), status))
+        self.with(|d| {
+            d.expected = None;
+            Self::finish(d.event.clone(), status)
+        })
     }
 
     /// The event closed with `status`, taken out of the handle rather than copied: for the
     /// last close of a request (the draft is left empty).
     pub fn take_closed(&self, status: u16) -> AuditEvent {
-        self.with(|d| Self::finish(std::mem::take(&mut d.event), status))
+        self.with(|d| {
+            d.expected = None;
+            Self::finish(std::mem::take(&mut d.event), status)
+        })
     }
 
     fn finish(mut e: AuditEvent, status: u16) -> AuditEvent {
@@ -163,7 +177,10 @@ impl AuditHandle {
 
     /// Marks the event written (with the data it concerns, in one transaction).
     pub fn mark_recorded(&self) {
-        self.with(|d| d.recorded = true);
+        self.with(|d| {
+            d.recorded = true;
+            d.expected = None;
+        });
     }
 
     pub fn is_recorded(&self) -> bool {

@@ -18,8 +18,9 @@
 //! Owns: the order of the chain and the batching of its commits. Must never: acknowledge an
 //! event or a create before its commit, or change what is written.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
@@ -65,17 +66,76 @@ fn unavailable() -> StoreError {
     StoreError::Unavailable(sqlx::Error::PoolClosed)
 }
 
-/// Checkpoint cadence.
+/// Checkpoint cadence, and the pacing of group commits.
 #[derive(Clone, Copy, Debug)]
 pub struct CheckpointPolicy {
     pub every: i64,
     pub interval: Duration,
+    /// The least time between the starts of two group commits (`audit.commit_min_interval_us`).
+    pub commit_spacing: Duration,
+}
+
+/// The events still to come: requests under way whose events are not yet closed. A group
+/// commit under load waits a little for them (PostgreSQL's `commit_delay` waits only when
+/// `commit_siblings` transactions are active, for the same reason): when none is under way,
+/// as for a client sending one request at a time, waiting would only delay it.
+#[derive(Debug, Default)]
+struct Company {
+    coming: AtomicUsize,
+    /// Set while the writer waits for them, on its thread (`thread`).
+    waiting: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+impl Company {
+    fn arrived(&self) {
+        if self.coming.fetch_sub(1, Ordering::SeqCst) == 1 && self.waiting.load(Ordering::SeqCst) {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Waits until `due`, or until no event is still to come, whichever is first. On the
+    /// writer's own thread the thread itself waits, to the kernel timer's precision (the
+    /// runtime's timer counts whole milliseconds) and woken when the last event comes;
+    /// elsewhere (tests) the runtime sleeps in millisecond steps.
+    async fn wait_until(&self, due: Instant) {
+        if crate::background::on_dedicated_thread() {
+            let _ = self.thread.set(std::thread::current());
+            self.waiting.store(true, Ordering::SeqCst);
+            loop {
+                let now = Instant::now();
+                if now >= due || self.coming.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                std::thread::park_timeout(due - now);
+            }
+            self.waiting.store(false, Ordering::SeqCst);
+        } else {
+            while Instant::now() < due && self.coming.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+/// An event the audit writer counts on: taken when a request starts, given back (dropped) when
+/// its event is closed for writing. See [`AuditLog::expect`].
+#[derive(Debug)]
+pub struct Expected(Arc<Company>);
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        self.0.arrived();
+    }
 }
 
 /// The handle the rest of the vault writes events through.
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Job>,
+    company: Arc<Company>,
     store: Arc<dyn Store>,
     signer: Arc<CheckpointSigner>,
     policy: CheckpointPolicy,
@@ -99,10 +159,19 @@ impl AuditLog {
     pub fn start(store: Arc<dyn Store>, signer: Arc<CheckpointSigner>, policy: CheckpointPolicy) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let last_checkpoint = Arc::new(tokio::sync::Mutex::new(None::<i64>));
-        let writer = write_loop(store.clone(), rx, signer.clone(), policy, last_checkpoint.clone());
+        let company = Arc::new(Company::default());
+        let writer = write_loop(store.clone(), rx, signer.clone(), policy, last_checkpoint.clone(), company.clone());
         crate::background::spawn_dedicated("audit-writer", writer);
         tokio::spawn(checkpoint_loop(store.clone(), signer.clone(), policy, last_checkpoint.clone(), tx.downgrade()));
-        AuditLog { tx, store, signer, policy, last_checkpoint }
+        AuditLog { tx, company, store, signer, policy, last_checkpoint }
+    }
+
+    /// Counts an event to come (a request's, from its start) until the returned guard is
+    /// dropped: while any is, a group commit under load waits up to `commit_spacing` for
+    /// company.
+    pub fn expect(&self) -> Expected {
+        self.company.coming.fetch_add(1, Ordering::SeqCst);
+        Expected(self.company.clone())
     }
 
     /// Signs a checkpoint of the head now if any event is unsigned (at shutdown: the log is
@@ -159,12 +228,22 @@ async fn write_loop(
     signer: Arc<CheckpointSigner>,
     policy: CheckpointPolicy,
     last_checkpoint: Arc<tokio::sync::Mutex<Option<i64>>>,
+    company: Arc<Company>,
 ) {
     // The batch: its events in arrival order (the chain's order) and the records of its
     // creates; who to tell about each event. Its buffers are reused from batch to batch.
     let mut batch = AuditBatch { records: Vec::with_capacity(MAX_CREATES), events: Vec::with_capacity(MAX_BATCH) };
     let mut acks: Vec<Ack> = Vec::with_capacity(MAX_BATCH);
+    let mut last_start: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
+        // Under load, the rest of the spacing since the last commit started is waited out
+        // while other requests' events are still to come, and what arrives meanwhile shares
+        // this commit. After a quiet spell the spacing has passed; with nothing else under way
+        // there is no one to wait for.
+        if let Some(due) = last_start.map(|s| s + policy.commit_spacing) {
+            company.wait_until(due).await;
+        }
+        last_start = Some(Instant::now());
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
@@ -407,8 +486,9 @@ mod tests {
         drop(tx);
         let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let signer = Arc::new(CheckpointSigner::load(&root.join("keys-example/audit-ed25519.pem")).unwrap());
-        let policy = CheckpointPolicy { every: 1_000_000, interval: Duration::from_secs(3600) };
-        write_loop(store, rx, signer, policy, Arc::new(tokio::sync::Mutex::new(None))).await;
+        let policy =
+            CheckpointPolicy { every: 1_000_000, interval: Duration::from_secs(3600), commit_spacing: Duration::ZERO };
+        write_loop(store, rx, signer, policy, Arc::new(tokio::sync::Mutex::new(None)), Arc::default()).await;
     }
 
     /// Fails when the constraint fallback (`separately`) is removed: the duplicate create then
@@ -495,6 +575,58 @@ mod tests {
     async fn sqlite_creates_and_events_commit_together() {
         let (_dir, store) = sqlite().await;
         creates_and_events_commit_together(store).await;
+    }
+
+    /// Fails when the wait before a commit is removed (the events behind the first then commit
+    /// at once although another request is under way), when it ignores who is under way (the
+    /// lone client's event then waits too), or when the last event to come does not end it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_waits_for_company_only_while_requests_are_under_way() {
+        let (_dir, store) = sqlite().await;
+        let spacing = Duration::from_millis(400);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let signer = Arc::new(CheckpointSigner::load(&root.join("keys-example/audit-ed25519.pem")).unwrap());
+        let policy =
+            CheckpointPolicy { every: 1_000_000, interval: Duration::from_secs(3600), commit_spacing: spacing };
+        let company = Arc::new(Company::default());
+        let last = Arc::new(tokio::sync::Mutex::new(None));
+        // As in the vault: the writer on a thread of its own.
+        crate::background::spawn_dedicated(
+            "test-audit-writer",
+            write_loop(store, rx, signer, policy, last, company.clone()),
+        );
+        let under_way = || {
+            company.coming.fetch_add(1, Ordering::SeqCst);
+            Expected(company.clone())
+        };
+        let id = uuid::Uuid::now_v7();
+        let append = |tx: mpsc::Sender<Job>| async move {
+            let (ack, done) = oneshot::channel();
+            tx.send(Job::Append(event("customer.read", id), ack)).await.unwrap();
+            done.await.unwrap().value.unwrap()
+        };
+        // Nothing else under way: each event of a client sending one at a time commits at once.
+        let start = Instant::now();
+        for seq in 1..=3 {
+            assert_eq!(append(tx.clone()).await, seq);
+        }
+        assert!(start.elapsed() < spacing / 2, "a lone client's events waited: {:?}", start.elapsed());
+        // Another request under way: the events behind a commit wait for the rest of the spacing.
+        let other = under_way();
+        let start = Instant::now();
+        assert_eq!(append(tx.clone()).await, 4);
+        let (a, b) = tokio::join!(append(tx.clone()), append(tx.clone()));
+        assert!(start.elapsed() >= spacing, "the next commit started {:?} after the last", start.elapsed());
+        assert_eq!(a.min(b), 5);
+        // The wait ends as soon as the last event to come is closed.
+        let waiting = tokio::spawn(append(tx.clone()));
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(other);
+        assert_eq!(waiting.await.unwrap(), 7);
+        assert!(start.elapsed() < spacing / 2, "the wait outlasted the last request under way: {:?}", start.elapsed());
+        drop(tx);
     }
 
     /// A fresh PostgreSQL database, dropped at the end, when one is configured.
