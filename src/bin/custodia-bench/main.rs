@@ -103,6 +103,12 @@ struct Cli {
     /// Seconds per step of the paced peak's search.
     #[arg(long, default_value_t = 20)]
     soak_step_seconds: u64,
+    /// The p99 (ms, from the due time) a paced step must stay within to count as kept up
+    /// with: the latency budget that the paced peak is the highest rate within. The default
+    /// only rules out a building backlog; a tighter budget (e.g. 50, with 60-s steps) makes
+    /// the soak's share of the peak a share of a rate served within that budget.
+    #[arg(long, default_value_t = soak::KEPT_UP_P99_MS)]
+    soak_peak_p99_ms: f64,
     /// Run the vault under test on these CPUs only (a `taskset -c` list, e.g. `0`): with
     /// `--driver-cpus`, the load driver and the server stop competing for cores, as with a
     /// driver on another machine. Needs taskset (util-linux).
@@ -340,6 +346,7 @@ async fn soak_run(cli: &Cli, config: &Config, dir: &Path, minutes: f64) -> anyho
     anyhow::ensure!(minutes > 0.0 && cli.soak_interval > 0, "--soak and --soak-interval must be positive");
     anyhow::ensure!(cli.soak_fraction > 0.0 && cli.soak_fraction <= 1.0, "--soak-fraction must be in (0, 1]");
     anyhow::ensure!(cli.soak_connections > 0, "--soak-connections must be positive");
+    anyhow::ensure!(cli.soak_peak_p99_ms > 0.0, "--soak-peak-p99-ms must be positive");
     // Past the server's limit, the extra connections would wait in the kernel's backlog, and
     // their wait would count as the server's latency.
     anyhow::ensure!(
@@ -367,7 +374,8 @@ async fn soak_run(cli: &Cli, config: &Config, dir: &Path, minutes: f64) -> anyho
     let paced = match (cli.soak_peak, cli.soak_rate) {
         (PeakKind::Paced, None) => {
             eprintln!("soak: closed-loop peak {closed:.0} req/s; searching the paced peak");
-            soak::paced_peak(addr, server.pid(), make.clone(), closed, cli.soak_connections, step).await
+            soak::paced_peak(addr, server.pid(), make.clone(), closed, cli.soak_connections, step, cli.soak_peak_p99_ms)
+                .await
         }
         _ => Vec::new(),
     };
@@ -375,8 +383,13 @@ async fn soak_run(cli: &Cli, config: &Config, dir: &Path, minutes: f64) -> anyho
         cli.soak_peak == PeakKind::Closed || cli.soak_rate.is_some() || paced.iter().any(|s| s.kept_up),
         "the vault kept up with no paced rate down to 30 % of its closed-loop peak ({closed:.0} req/s): see the steps above"
     );
-    let peak =
-        soak::Peak { per_second: closed, seconds: cli.soak_peak_seconds, paced, step_seconds: step.as_secs_f64() };
+    let peak = soak::Peak {
+        per_second: closed,
+        seconds: cli.soak_peak_seconds,
+        paced,
+        step_seconds: step.as_secs_f64(),
+        p99_budget_ms: cli.soak_peak_p99_ms,
+    };
     let interval = Duration::from_secs(cli.soak_interval);
     let plan = soak::Plan {
         target_per_second: cli.soak_rate.unwrap_or(peak.reference() * cli.soak_fraction),

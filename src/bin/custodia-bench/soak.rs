@@ -35,6 +35,8 @@ pub struct Peak {
     pub paced: Vec<Step>,
     /// Seconds per paced step.
     pub step_seconds: f64,
+    /// The p99 (ms, from the due time) a paced step had to stay within to count as kept up.
+    pub p99_budget_ms: f64,
 }
 
 impl Peak {
@@ -56,9 +58,9 @@ pub struct Step {
 
 /// A paced step is kept up with when this share of its rate completed within the step...
 const KEPT_UP_SHARE: f64 = 0.98;
-/// ...with no error, and its p99 (from the due time) stayed under this: above it, a backlog was
-/// building.
-const KEPT_UP_P99_MS: f64 = 250.0;
+/// ...with no error, and its p99 (from the due time) stayed within a budget (`--soak-peak-p99-ms`,
+/// by default 250 ms: above it, a backlog was building).
+pub const KEPT_UP_P99_MS: f64 = 250.0;
 /// The search steps down by this share of the closed-loop peak...
 const STEP_DOWN: f64 = 0.05;
 /// ...and gives up below this share of it.
@@ -79,6 +81,7 @@ pub async fn paced_peak(
     closed_per_second: f64,
     connections: usize,
     step: Duration,
+    p99_budget_ms: f64,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut share = 1.0;
@@ -87,7 +90,7 @@ pub async fn paced_peak(
         let plan = Plan { target_per_second: rate, intervals: 1, interval: step, connections };
         let (intervals, _) = run(addr, pid, make.clone(), &plan).await;
         let Some(i) = intervals.first() else { break };
-        let kept_up = kept_up(rate, i);
+        let kept_up = kept_up(rate, i, p99_budget_ms);
         eprintln!(
             "soak: paced step at {rate:.0} req/s: {:.0} completed per second, p99 {:.1} ms, {} errors: {}",
             i.per_second,
@@ -104,8 +107,8 @@ pub async fn paced_peak(
     steps
 }
 
-fn kept_up(rate: f64, step: &Interval) -> bool {
-    step.errors == 0 && step.per_second >= KEPT_UP_SHARE * rate && step.p99_ms <= KEPT_UP_P99_MS
+fn kept_up(rate: f64, step: &Interval, p99_budget_ms: f64) -> bool {
+    step.errors == 0 && step.per_second >= KEPT_UP_SHARE * rate && step.p99_ms <= p99_budget_ms
 }
 
 /// One interval's figures.
@@ -357,10 +360,11 @@ pub fn report(peak: &Peak, plan: &Plan, intervals: &[Interval], header: &str) ->
         let _ = writeln!(
             out,
             "Paced peak (the soak's own paced load, {:.0} s steps from the closed-loop peak down by {:.0} % of it; kept up with: \
-             at least {:.0} % of the rate completed, p99 at most {KEPT_UP_P99_MS:.0} ms, no error): {}.\n",
+             at least {:.0} % of the rate completed, p99 at most {:.0} ms, no error): {}.\n",
             peak.step_seconds,
             STEP_DOWN * 100.0,
             KEPT_UP_SHARE * 100.0,
+            peak.p99_budget_ms,
             if last.kept_up { format!("{:.0} req/s", last.rate) } else { "none kept up with".to_owned() }
         );
         out.push_str("| paced step req/s | completed per second | p99 ms | errors | |\n|---:|---:|---:|---:|:---|\n");
@@ -463,7 +467,13 @@ mod tests {
         let plan = Plan { target_per_second: 100.0, intervals: 3, interval: Duration::from_secs(60), connections: 8 };
         // The first interval (warm-up) is far off and ignored; the p99 of the third is not.
         let text = report(
-            &Peak { per_second: 125.0, seconds: 60.0, paced: Vec::new(), step_seconds: 20.0 },
+            &Peak {
+                per_second: 125.0,
+                seconds: 60.0,
+                paced: Vec::new(),
+                step_seconds: 20.0,
+                p99_budget_ms: KEPT_UP_P99_MS,
+            },
             &plan,
             &[interval(1, 10.0, 2.0), interval(2, 100.0, 2.0), interval(3, 101.0, 5.0)],
             "h",
@@ -486,7 +496,7 @@ mod tests {
             completed_per_second: completed,
             p99_ms,
             errors: 0,
-            kept_up: kept_up(rate, &Interval { per_second: completed, p99_ms, ..Default::default() }),
+            kept_up: kept_up(rate, &Interval { per_second: completed, p99_ms, ..Default::default() }, KEPT_UP_P99_MS),
         };
         let peak = Peak {
             per_second: 1000.0,
@@ -494,12 +504,14 @@ mod tests {
             // Too few completed; then enough completed but a backlog building; then kept up.
             paced: vec![step(1000.0, 900.0, 40.0), step(950.0, 940.0, 600.0), step(900.0, 899.0, 30.0)],
             step_seconds: 20.0,
+            p99_budget_ms: KEPT_UP_P99_MS,
         };
         assert_eq!(peak.paced.iter().map(|s| s.kept_up).collect::<Vec<_>>(), [false, false, true]);
         assert_eq!(peak.reference(), 900.0);
         let plan = Plan { target_per_second: 720.0, intervals: 2, interval: Duration::from_secs(60), connections: 8 };
         let text = report(&peak, &plan, &[interval(1, 720.0, 2.0), interval(2, 720.0, 2.0)], "h");
         assert!(text.contains("20 s steps"), "{text}");
+        assert!(text.contains("p99 at most 250 ms"), "{text}");
         assert!(text.contains("): 900 req/s."), "{text}");
         assert!(text.contains("| 950 | 940 | 600.0 | 0 | fell behind |"), "{text}");
         assert!(text.contains("Soak target 720 req/s (80 % of the paced peak)"), "{text}");
@@ -507,6 +519,24 @@ mod tests {
         let none = Peak { paced: vec![step(1000.0, 10.0, 9000.0)], ..peak };
         assert_eq!(none.reference(), 1000.0);
         assert!(report(&none, &plan, &[], "h").contains("none kept up with"));
+    }
+
+    /// A tighter latency budget (`--soak-peak-p99-ms`) turns a step with a building tail into
+    /// one fallen behind, and is named in the report.
+    #[test]
+    fn a_latency_budget_decides_which_step_is_kept_up_with() {
+        let at = |p99_ms: f64| Interval { per_second: 1000.0, p99_ms, ..Default::default() };
+        assert!(kept_up(1000.0, &at(100.0), KEPT_UP_P99_MS));
+        assert!(!kept_up(1000.0, &at(100.0), 50.0));
+        assert!(kept_up(1000.0, &at(50.0), 50.0));
+        let peak =
+            Peak { per_second: 1000.0, seconds: 60.0, paced: Vec::new(), step_seconds: 60.0, p99_budget_ms: 50.0 };
+        let peak = Peak {
+            paced: vec![Step { rate: 1000.0, completed_per_second: 1000.0, p99_ms: 40.0, errors: 0, kept_up: true }],
+            ..peak
+        };
+        let plan = Plan { target_per_second: 800.0, intervals: 1, interval: Duration::from_secs(60), connections: 8 };
+        assert!(report(&peak, &plan, &[], "h").contains("p99 at most 50 ms"));
     }
 
     /// A single spike does not move the trend; a steady climb does, by its size.
