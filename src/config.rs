@@ -411,5 +411,9 @@ mod tests {
         );
         let bad = super::Config { trusted_proxies: vec!["10.0.0.0/99".into()], ..super::Config::default() };
         assert!(bad.check().is_err());
+        assert_eq!(c.audit.commit_min_interval_us, d.audit.commit_min_interval_us);
+        let mut slow = super::Config::default();
+        slow.audit.commit_min_interval_us = 100_001;
+        assert!(slow.check().is_err(), "a commit spacing past 100 ms must be refused");
     }
 }
