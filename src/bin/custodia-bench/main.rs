@@ -105,8 +105,9 @@ struct Cli {
     soak_step_seconds: u64,
     /// The p99 (ms, from the due time) a paced step must stay within to count as kept up
     /// with: the latency budget that the paced peak is the highest rate within. The default
-    /// only rules out a building backlog; a tighter budget (e.g. 50, with 60-s steps) makes
-    /// the soak's share of the peak a share of a rate served within that budget.
+    /// only rules out a building backlog; a tighter budget (e.g. 25, with 60-s steps, as in the
+    /// committed soaks of 2026-12-07) makes the soak's share of the peak a share of a rate
+    /// served within that budget.
     #[arg(long, default_value_t = soak::KEPT_UP_P99_MS)]
     soak_peak_p99_ms: f64,
     /// Run the vault under test on these CPUs only (a `taskset -c` list, e.g. `0`): with

@@ -529,11 +529,12 @@ mod tests {
         assert!(kept_up(1000.0, &at(100.0), KEPT_UP_P99_MS));
         assert!(!kept_up(1000.0, &at(100.0), 50.0));
         assert!(kept_up(1000.0, &at(50.0), 50.0));
-        let peak =
-            Peak { per_second: 1000.0, seconds: 60.0, paced: Vec::new(), step_seconds: 60.0, p99_budget_ms: 50.0 };
         let peak = Peak {
+            per_second: 1000.0,
+            seconds: 60.0,
             paced: vec![Step { rate: 1000.0, completed_per_second: 1000.0, p99_ms: 40.0, errors: 0, kept_up: true }],
-            ..peak
+            step_seconds: 60.0,
+            p99_budget_ms: 50.0,
         };
         let plan = Plan { target_per_second: 800.0, intervals: 1, interval: Duration::from_secs(60), connections: 8 };
         assert!(report(&peak, &plan, &[], "h").contains("p99 at most 50 ms"));
