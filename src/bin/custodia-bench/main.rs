@@ -213,7 +213,8 @@ const LOG_TAIL_BYTES: usize = 64 * 1024;
 /// Reads the server's log from its pipe until the server closes it, keeping only its last
 /// [`LOG_TAIL_BYTES`]. The log never touches a disk here: the per-request lines (≈ 1.5–3 MB a
 /// second under load) written to a file beside the database went back to the disk in 60–80 MB
-/// bursts every 30 s, and the vault's durable commits queued behind them. Operators are told
+/// bursts every 30 s, with commits' syncs queued behind them (2026-12-06 traces; it was not
+/// what most of the soak's slow audit turns wait for, docs/PERFORMANCE.md). Operators are told
 /// to keep that log off the database's disk (docs/OPERATIONS.md, "Logs"); the benchmark does
 /// as they do, and the server still formats and writes every line.
 fn drain_log(mut from: impl std::io::Read, tail: Arc<std::sync::Mutex<Vec<u8>>>) {
