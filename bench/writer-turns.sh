@@ -15,6 +15,7 @@
 # Then, per interval, the held vault's resident memory by kind (RssAnon: heap, SQLite's page
 # caches among it; RssFile: mapped files) at the interval's end and its open handles on the
 # database file (one per open connection).
+# Then where the slow audit turns (over 25 ms) spent their time (bench/slow-turns.py).
 # Histograms: `custodia_sqlite_write_seconds{kind}` and `custodia_sqlite_write_wait_seconds{kind}`
 # (docs/OPERATIONS.md, "Metrics"). Settings to compare go in the environment variable
 # BENCH_VAULT_CONFIG (TOML appended to CONF, e.g. `[audit]\ncommit_min_interval_us = 2000`).
@@ -105,5 +106,7 @@ if procs:
         print(f'| {i + 1} | {int(last[0]) / 1024:.1f} | {int(last[1]) / 1024:.1f} | {min(fds)}–{max(fds)} |')
         i += 1
 PY
+echo
+python3 bench/slow-turns.py "$out" "$held" "${interval:-60}"
 echo
 cat "$out.md"

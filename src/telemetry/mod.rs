@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 pub mod prometheus;
 pub mod stage;
+pub mod thread;
 
 use crate::config::LogFormat;
 

@@ -47,6 +47,14 @@ pub const CHECKPOINT_ROUNDS: &str = "custodia_sqlite_checkpoint_rounds_total";
 pub const SQLITE_WRITE: &str = "custodia_sqlite_write_seconds";
 /// SQLite: how long a write waited for the writer's turn, in seconds: `kind` as above.
 pub const SQLITE_WRITE_WAIT: &str = "custodia_sqlite_write_wait_seconds";
+/// SQLite: where a slow write turn's time went (turns over 25 ms only), in seconds: `kind` as
+/// above, `step` = begin (reopening, `BEGIN IMMEDIATE`), statements, commit (the WAL's write and
+/// sync, and a checkpoint if the commit ran one).
+pub const SQLITE_SLOW_WRITE_STEP: &str = "custodia_sqlite_slow_write_step_seconds";
+/// SQLite: what the writing thread did during a slow write turn (over 25 ms), in seconds: `kind`
+/// as above, `state` = running (on a CPU), runnable (waiting for a CPU), blocked (the disk, a
+/// lock). Linux only.
+pub const SQLITE_SLOW_WRITE_THREAD: &str = "custodia_sqlite_slow_write_thread_seconds";
 /// SQLite: how far the access log's customer index trails, in sequence numbers (the last event
 /// naming a customer, less the index's mark; `?customer=` reads events past the mark
 /// unindexed), sampled after each of the index thread's turns.
@@ -137,6 +145,16 @@ fn describe() {
         "SQLite: time a write held the one writer's turn (transaction and commit), by kind (audit, customers, budget, other)"
     );
     describe_histogram!(SQLITE_WRITE_WAIT, Unit::Seconds, "SQLite: time a write waited for the writer's turn, by kind");
+    describe_histogram!(
+        SQLITE_SLOW_WRITE_STEP,
+        Unit::Seconds,
+        "SQLite: write turns over 25 ms, time by step (begin, statements, commit) and kind"
+    );
+    describe_histogram!(
+        SQLITE_SLOW_WRITE_THREAD,
+        Unit::Seconds,
+        "SQLite: write turns over 25 ms, the writing thread's time by state (running, runnable: waiting for a CPU, blocked) and kind"
+    );
     describe_gauge!(
         SQLITE_INDEX_LAG,
         "SQLite: how far the access log's customer index trails, in sequence numbers (events past its mark are searched unindexed)"

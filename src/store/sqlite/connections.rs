@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::links::{Attached, Generation};
 use crate::store::StoreError;
+use crate::telemetry::thread::ThreadClock;
 
 /// How long a statement waits for another process's lock on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,6 +105,74 @@ impl WriteKind {
     }
 }
 
+/// A write turn that holds the writer this long or longer is split by step and by what its thread
+/// did (`custodia_sqlite_slow_write_*`): every answer waiting for an audit commit waits this long.
+const SLOW_TURN: Duration = Duration::from_millis(25);
+
+/// The steps of a write turn, in order (indices into [`Steps::ends`]).
+const BEGIN: usize = 0;
+const STATEMENTS: usize = 1;
+const COMMIT: usize = 2;
+const STEP_LABELS: [&str; 3] = ["begin", "statements", "commit"];
+
+/// When a write turn's steps ended, and its thread's scheduler clock over the turn (kept only
+/// when metrics are on; reported only for turns of at least [`SLOW_TURN`]).
+struct Steps {
+    started: Instant,
+    clock: Option<ThreadClock>,
+    /// When each step ended; a step not reached (the turn failed) stays `None`.
+    ends: [Option<Instant>; 3],
+    /// The thread's running and runnable time over the turn, taken when it ends.
+    thread: Option<ThreadClock>,
+}
+
+impl Steps {
+    fn start() -> Steps {
+        Steps { started: Instant::now(), clock: ThreadClock::now(), ends: [None; 3], thread: None }
+    }
+
+    fn mark(&mut self, step: usize) {
+        if let Some(end) = self.ends.get_mut(step) {
+            *end = Some(Instant::now());
+        }
+        if step == COMMIT {
+            self.thread = self.clock.zip(ThreadClock::now()).map(|(start, now)| now.since(&start));
+        }
+    }
+
+    /// Each step reached and its time, in order.
+    fn steps(&self) -> Vec<(&'static str, Duration)> {
+        let mut from = self.started;
+        let mut out = Vec::with_capacity(STEP_LABELS.len());
+        for (end, step) in self.ends.iter().zip(STEP_LABELS) {
+            let Some(end) = *end else { break };
+            out.push((step, end.duration_since(from)));
+            from = end;
+        }
+        out
+    }
+
+    /// The thread's time running, runnable and blocked over a turn that committed (where the
+    /// kernel offers the clock).
+    fn states(&self) -> Option<[(&'static str, Duration); 3]> {
+        let (thread, end) = (self.thread?, self.ends[COMMIT]?);
+        let blocked = end.duration_since(self.started).saturating_sub(thread.running + thread.runnable);
+        Some([("running", thread.running), ("runnable", thread.runnable), ("blocked", blocked)])
+    }
+
+    fn record(&self, kind: WriteKind) {
+        use crate::telemetry::prometheus::{SQLITE_SLOW_WRITE_STEP, SQLITE_SLOW_WRITE_THREAD};
+        for (step, time) in self.steps() {
+            metrics::histogram!(SQLITE_SLOW_WRITE_STEP, "kind" => kind.label(), "step" => step)
+                .record(time.as_secs_f64());
+        }
+        for (state, time) in self.states().into_iter().flatten() {
+            metrics::histogram!(SQLITE_SLOW_WRITE_THREAD, "kind" => kind.label(), "state" => state)
+                .record(time.as_secs_f64());
+        }
+    }
+}
+
 /// The one read-write connection of this process. Writes take turns (a permit, waited for
 /// without blocking the runtime), each in one `IMMEDIATE` transaction.
 pub(super) struct Writer {
@@ -162,11 +231,16 @@ impl Writer {
         }
         let writer = self.clone();
         off_runtime(move || {
-            let written = writer.transaction(sync, f);
+            let mut steps = timed.then(Steps::start);
+            let written = writer.transaction(sync, steps.as_mut(), f);
             drop(held);
             if timed {
+                let turn = granted.elapsed();
                 metrics::histogram!(crate::telemetry::prometheus::SQLITE_WRITE, "kind" => kind.label())
-                    .record(granted.elapsed().as_secs_f64());
+                    .record(turn.as_secs_f64());
+                if let Some(steps) = steps.filter(|_| turn >= SLOW_TURN) {
+                    steps.record(kind);
+                }
             }
             written
         })
@@ -176,6 +250,7 @@ impl Writer {
     fn transaction<R>(
         &self,
         sync: Sync,
+        mut steps: Option<&mut Steps>,
         f: impl FnOnce(&Connection) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -189,13 +264,23 @@ impl Writer {
             // failure here or below it is dropped, and a reopened one is `FULL` again.
             conn.pragma_update(None, "synchronous", "NORMAL")?;
         }
+        let mut mark = |step: usize| {
+            if let Some(s) = steps.as_deref_mut() {
+                s.mark(step);
+            }
+        };
         let written: Result<R, StoreError> = (|| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            mark(BEGIN);
             let out = f(&tx)?;
+            mark(STATEMENTS);
             tx.commit()?;
             Ok(out)
         })();
         let restored = sync == Sync::Full || conn.pragma_update(None, "synchronous", "FULL").is_ok();
+        if written.is_ok() {
+            mark(COMMIT);
+        }
         // Kept after a refused statement too (the transaction rolled back when dropped); a
         // connection whose commit failed is dropped, in case its state is unknown.
         if restored && (written.is_ok() || !matches!(&written, Err(e) if e.is_unavailable())) {
@@ -411,6 +496,50 @@ mod tests {
         assert_eq!(checkpoint_round(&checkpointer).unwrap(), Round::Behind);
         reader.execute_batch("COMMIT").unwrap();
         assert_eq!(checkpoint_round(&checkpointer).unwrap(), Round::Synced);
+    }
+
+    /// A turn's time is split by step and by what its thread did: sleeping in the statements is
+    /// `statements` and `blocked`, spinning there is `running` (fails if the marks or the clock
+    /// readings move, or the states are mixed up).
+    #[test]
+    fn a_turn_is_split_by_step_and_thread_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let writer = Writer::new(path.clone(), open_writer(&path).unwrap(), Duration::from_secs(1));
+        let turn = |work: fn()| {
+            let mut steps = Steps::start();
+            writer
+                .transaction(Sync::Full, Some(&mut steps), |c| {
+                    c.execute_batch("CREATE TABLE IF NOT EXISTS t (v BLOB); INSERT INTO t VALUES (randomblob(100))")?;
+                    work();
+                    Ok(())
+                })
+                .unwrap();
+            steps
+        };
+        let ms = Duration::from_millis;
+
+        let slept = turn(|| std::thread::sleep(Duration::from_millis(40)));
+        let steps = slept.steps();
+        assert_eq!(steps.iter().map(|(s, _)| *s).collect::<Vec<_>>(), STEP_LABELS);
+        assert!(steps[1].1 >= ms(40) && steps[0].1 < ms(40) && steps[2].1 < ms(40), "{steps:?}");
+        if let Some(states) = slept.states() {
+            assert_eq!(states.map(|(s, _)| s), ["running", "runnable", "blocked"]);
+            assert!(states[2].1 >= ms(35) && states[0].1 < ms(20), "{states:?}");
+        } else {
+            eprintln!("SKIPPED (thread states): no /proc/thread-self/schedstat on this kernel");
+        }
+
+        let spun = turn(|| {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(40) {
+                std::hint::black_box(());
+            }
+        });
+        if let Some(states) = spun.states() {
+            // On a busy machine part of the spin waits for a CPU; none of it is blocked.
+            assert!(states[0].1 + states[1].1 >= ms(35), "{states:?}");
+        }
     }
 
     /// A reader that could only attach the index's stand-in serves one read and is not kept;
