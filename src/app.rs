@@ -170,6 +170,7 @@ pub async fn build(config: &Config) -> Result<(AppState, Limits), StartError> {
             every: config.audit.checkpoint_every,
             interval: Duration::from_millis(config.audit.checkpoint_interval_ms),
             commit_spacing: Duration::from_micros(config.audit.commit_min_interval_us),
+            spacing_always_above: config.audit.commit_spacing_always_above,
         },
     );
     let vault = Vault::open(VaultParts {

@@ -163,6 +163,12 @@ pub struct AuditConfig {
     /// at a time, a quiet spell) an event commits at once. 0: commit as soon as the last commit
     /// returned.
     pub commit_min_interval_us: u64,
+    /// Audit events per second (measured over the last 100 ms) from which every group commit
+    /// waits out the whole `commit_min_interval_us`, whoever is under way: under sustained load
+    /// the writer then commits at most once per spacing, so the disk sees fewer, larger commits
+    /// and fewer flushes (each a chance to stall on a shared or virtual disk). Below it the
+    /// spacing is waited only while events are still to come, as above. 0: never.
+    pub commit_spacing_always_above: u64,
     /// Distinct customers one principal may be shown within the window before it is blocked.
     pub bulk_threshold: usize,
     pub bulk_window_seconds: u64,
@@ -176,6 +182,7 @@ impl Default for AuditConfig {
             checkpoint_every: 1000,
             checkpoint_interval_ms: 10_000,
             commit_min_interval_us: 2_000,
+            commit_spacing_always_above: 3_000,
             bulk_threshold: 500,
             bulk_window_seconds: 3600,
         }
