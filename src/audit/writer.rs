@@ -630,6 +630,34 @@ mod tests {
         creates_and_events_commit_together(store).await;
     }
 
+    /// Starts a writer as the vault does (on a thread of its own) with the given commit spacing
+    /// and rate threshold; its queue and its count of events to come.
+    fn spaced_writer(store: Arc<dyn Store>, spacing: Duration, above: u64) -> (mpsc::Sender<Job>, Arc<Company>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let signer = Arc::new(CheckpointSigner::load(&root.join("keys-example/audit-ed25519.pem")).unwrap());
+        let policy = CheckpointPolicy {
+            every: 1_000_000,
+            interval: Duration::from_secs(3600),
+            commit_spacing: spacing,
+            spacing_always_above: above,
+        };
+        let company = Arc::new(Company::default());
+        let last = Arc::new(tokio::sync::Mutex::new(None));
+        crate::background::spawn_dedicated(
+            "test-audit-writer",
+            write_loop(store, rx, signer, policy, last, company.clone()),
+        );
+        (tx, company)
+    }
+
+    /// Appends one read event through the queue and waits for its sequence number.
+    async fn append(tx: mpsc::Sender<Job>) -> i64 {
+        let (ack, done) = oneshot::channel();
+        tx.send(Job::Append(event("customer.read", uuid::Uuid::now_v7()), ack)).await.unwrap();
+        done.await.unwrap().value.unwrap()
+    }
+
     /// Fails when the wait before a commit is removed (the events behind the first then commit
     /// at once although another request is under way), when it ignores who is under way (the
     /// lone client's event then waits too), or when the last event to come does not end it.
@@ -637,32 +665,11 @@ mod tests {
     async fn a_commit_waits_for_company_only_while_requests_are_under_way() {
         let (_dir, store) = sqlite().await;
         let spacing = Duration::from_millis(400);
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let signer = Arc::new(CheckpointSigner::load(&root.join("keys-example/audit-ed25519.pem")).unwrap());
         // Far below the rate threshold: the spacing is waited only while events are to come.
-        let policy = CheckpointPolicy {
-            every: 1_000_000,
-            interval: Duration::from_secs(3600),
-            commit_spacing: spacing,
-            spacing_always_above: 1_000_000,
-        };
-        let company = Arc::new(Company::default());
-        let last = Arc::new(tokio::sync::Mutex::new(None));
-        // As in the vault: the writer on a thread of its own.
-        crate::background::spawn_dedicated(
-            "test-audit-writer",
-            write_loop(store, rx, signer, policy, last, company.clone()),
-        );
+        let (tx, company) = spaced_writer(store, spacing, 1_000_000);
         let under_way = || {
             company.coming.fetch_add(1, Ordering::SeqCst);
             Expected(company.clone())
-        };
-        let id = uuid::Uuid::now_v7();
-        let append = |tx: mpsc::Sender<Job>| async move {
-            let (ack, done) = oneshot::channel();
-            tx.send(Job::Append(event("customer.read", id), ack)).await.unwrap();
-            done.await.unwrap().value.unwrap()
         };
         // Nothing else under way: each event of a client sending one at a time commits at once.
         let start = Instant::now();
@@ -694,27 +701,8 @@ mod tests {
     async fn past_the_rate_threshold_every_commit_waits_out_the_spacing() {
         let (_dir, store) = sqlite().await;
         let spacing = Duration::from_millis(300);
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let signer = Arc::new(CheckpointSigner::load(&root.join("keys-example/audit-ed25519.pem")).unwrap());
         // One event a second is the threshold: two events 150 ms apart are past it.
-        let policy = CheckpointPolicy {
-            every: 1_000_000,
-            interval: Duration::from_secs(3600),
-            commit_spacing: spacing,
-            spacing_always_above: 1,
-        };
-        let last = Arc::new(tokio::sync::Mutex::new(None));
-        crate::background::spawn_dedicated(
-            "test-audit-writer",
-            write_loop(store, rx, signer, policy, last, Arc::new(Company::default())),
-        );
-        let id = uuid::Uuid::now_v7();
-        let append = |tx: mpsc::Sender<Job>| async move {
-            let (ack, done) = oneshot::channel();
-            tx.send(Job::Append(event("customer.read", id), ack)).await.unwrap();
-            done.await.unwrap().value.unwrap()
-        };
+        let (tx, _company) = spaced_writer(store, spacing, 1);
         // The rate is not known yet (no window has passed): the second event commits at once.
         assert_eq!(append(tx.clone()).await, 1);
         tokio::time::sleep(Duration::from_millis(150)).await;
